@@ -1,0 +1,106 @@
+"""The executor child: the sandbox process in which user functions run.
+
+Started by a worker rank with ``python -m colocate._child`` (a fresh interpreter, never MPI), it
+applies its sandbox to itself (pinning, lowest priority, thread limits), then loops: read a frame
+of :class:`~colocate.messages.Work` items from its worker, run them in order, write back
+:class:`~colocate.messages.Outcome` items. A reader thread keeps the pipe drained so the worker
+never blocks on a write while a task computes. Functions are cached by content hash.
+
+Results of back-to-back short tasks are sent together; a result is never held back longer than
+``FLUSH_AFTER`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+
+FLUSH_AFTER = 0.0005   # seconds a finished result may wait to be sent with the next ones
+
+
+def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
+    from ._frames import read_frame
+    while True:
+        try:
+            inbox.put(read_frame(fd))
+        except (EOFError, OSError):
+            inbox.put(None)
+            return
+
+
+def run_work(work, cache: dict, where: dict):
+    """Run one Work item; return an Outcome. Never raises."""
+    from .messages import Outcome, Status, dump_exception, dumps, qualname
+    started = time.time()
+    try:
+        fn = cache.get(work.fn_hash)
+        if fn is None:
+            fn = pickle.loads(work.fn_bytes)
+            cache[work.fn_hash] = fn
+        args, kwargs = pickle.loads(work.args)
+    except BaseException as exc:  # noqa: BLE001 - anything may come out of unpickling
+        return Outcome(work.gid, Status.BAD_INPUT, dump_exception(exc), started, time.time())
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - the user's exception is the result
+        finished = time.time()
+        if isinstance(exc, MemoryError):
+            return Outcome(work.gid, Status.MEMORY, dumps(work.memory), started, finished)
+        return Outcome(work.gid, Status.RAISED, dump_exception(exc), started, finished,
+                       qualname(type(exc)))
+    finished = time.time()
+    try:
+        payload = dumps(value)
+    except BaseException as exc:  # noqa: BLE001
+        return Outcome(work.gid, Status.BAD_RESULT, dump_exception(exc), started, finished)
+    return Outcome(work.gid, Status.OK, payload, started, finished)
+
+
+def main() -> None:
+    """Entry point: ``python -m colocate._child IN_FD OUT_FD SETTINGS_JSON``."""
+    in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])
+    settings = json.loads(sys.argv[3])
+    from .colocation.sandbox import apply_sandbox
+    applied = apply_sandbox(settings.get("cores"), settings.get("priority", "idle"),
+                            settings.get("threads"), settings.get("memory_limit"))
+    from ._frames import write_frame
+    from .messages import Done
+    write_frame(out_fd, {"ready": os.getpid(), "sandbox": applied})
+
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_reader, args=(in_fd, inbox), daemon=True).start()
+    cache: dict = {}
+    local: list = []
+    done: list = []
+    last_flush = time.monotonic()
+    while True:
+        if not local:
+            if done:
+                write_frame(out_fd, Done(done))
+                done = []
+            batch = inbox.get()
+            if batch is None:
+                return
+            local.extend(batch)
+            last_flush = time.monotonic()
+            continue
+        done.append(run_work(local.pop(0), cache, settings))
+        while not inbox.empty():
+            batch = inbox.get()
+            if batch is None:
+                return
+            local.extend(batch)
+        now = time.monotonic()
+        if now - last_flush > FLUSH_AFTER:
+            write_frame(out_fd, Done(done))
+            done = []
+            last_flush = now
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Bells: a TCP socket beside each MPI link, used to wake a sleeping peer and to see it die.
+
+MPI has no wait that leaves the core alone, so an idle rank sleeps in ``select`` on its bells
+instead. Whoever sends an MPI message to a peer that may be asleep also rings its bell (one byte);
+the peer wakes at once, polls MPI hot, and goes back to sleep when quiet. End of file on a bell
+means the peer's process is gone: a lost worker or client is noticed immediately, not after a
+heartbeat timeout.
+
+The handshake on the server's listening socket is one JSON line each way: the peer sends
+``{"token": ..., "role": "client" | "worker", ...}``, the server answers ``{"ok": true}`` or
+``{"ok": false, "reason": ...}`` and closes. Nothing reaches MPI before the token is checked.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import socket
+from typing import Any
+
+HANDSHAKE_TIMEOUT = 10.0   # seconds a peer has to complete the handshake line
+
+
+class Bell:
+    """One connected bell socket."""
+
+    __slots__ = ("sock", "_fd")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self._fd = sock.fileno()
+
+    def fileno(self) -> int:
+        """The socket's file descriptor, for ``select``."""
+        return self._fd
+
+    def ring(self) -> None:
+        """Wake the peer (never blocks; a full buffer means it is ringing already)."""
+        try:
+            self.sock.send(b"!")
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass   # the peer is gone; its death is noticed on our side by drain()
+
+    def drain(self) -> bool:
+        """Swallow pending rings; returns False if the peer has closed the connection."""
+        try:
+            while True:
+                data = self.sock.recv(4096)
+                if not data:
+                    return False
+                if len(data) < 4096:
+                    return True
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        """Close the socket."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _send_line(sock: socket.socket, obj: dict) -> None:
+    sock.sendall(json.dumps(obj).encode() + b"\n")
+
+
+def _read_line(sock: socket.socket, limit: int = 65536) -> dict:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the peer closed the connection during the handshake")
+        buf += chunk
+        if len(buf) > limit:
+            raise ConnectionError("handshake line too long")
+    data = json.loads(buf)
+    if not isinstance(data, dict):
+        raise ConnectionError("handshake line is not a JSON object")
+    return data
+
+
+def listen(host: str) -> socket.socket:
+    """Open the server's listening socket on ``host`` (any free port)."""
+    ls = socket.create_server((host, 0), backlog=128)
+    ls.setblocking(False)
+    return ls
+
+
+def ring_up(host: str, port: int, hello: dict[str, Any], timeout: float = 10.0) -> Bell:
+    """Connect to a server's bell socket and complete the handshake.
+
+    Raises:
+        ConnectionRefusedError, OSError: nobody listens there.
+        PermissionError: the server refused us; the message holds its reason.
+    """
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        _send_line(sock, hello)
+        answer = _read_line(sock)
+    except BaseException:
+        sock.close()
+        raise
+    if not answer.get("ok"):
+        sock.close()
+        raise PermissionError(answer.get("reason", "refused"))
+    return Bell(sock)
+
+
+def answer(listener: socket.socket, token: str) -> tuple[Bell, dict] | tuple[None, str]:
+    """Take one waiting connection and check its token.
+
+    Returns ``(bell, hello)`` for an accepted peer, or ``(None, why)`` when it was refused (the
+    connection is closed then, and nothing else happens).
+    """
+    sock, addr = listener.accept()
+    sock.settimeout(HANDSHAKE_TIMEOUT)
+    who = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+    try:
+        hello = _read_line(sock)
+        good = hmac.compare_digest(str(hello.get("token", "")).encode(), token.encode())
+        if not good:
+            _send_line(sock, {"ok": False, "reason": "wrong token: use the address file "
+                              "written by this server (readable by its owner only)"})
+            sock.close()
+            return None, f"connection from {who} refused: wrong token"
+        _send_line(sock, {"ok": True})
+    except (OSError, ValueError, ConnectionError) as e:
+        sock.close()
+        return None, f"connection from {who} dropped during the handshake: {e}"
+    return Bell(sock), hello

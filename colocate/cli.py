@@ -1,0 +1,147 @@
+"""The ``colocate`` command line: serve, stop, status, info, run, submit, report, demo.
+
+Exit codes: 0 success; 1 some tasks failed (``run``/``submit --wait``) or the server could not
+be reached; 2 invalid input (bad option, configuration or batch file), reported before anything
+runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import ColocateError, ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="colocate", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run a world: mpiexec -n N colocate serve")
+    s.add_argument("--config", help="configuration file (see colocate/defaults.yaml)")
+    s.add_argument("--address-file", help="where to write the address (default: "
+                   "server.address_file)")
+
+    for name, text in (("stop", "stop a running server"), ("status", "show a server's state")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"),
+                       help="the server's address file (or COLOCATE_ADDRESS)")
+        if name == "stop":
+            c.add_argument("--now", action="store_true", help="do not drain running tasks")
+        else:
+            c.add_argument("--json", action="store_true", help="print JSON")
+
+    i = sub.add_parser("info", help="show cores, spare cores, memory, GPUs and controls")
+    i.add_argument("--config")
+    i.add_argument("--json", action="store_true", help="print JSON")
+
+    r = sub.add_parser("run", help="run a YAML batch")
+    r.add_argument("batch", help="the batch file")
+    r.add_argument("-n", type=int, help="workers of the local world (default: spare cores)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="run only tasks with no result there")
+    r.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"),
+                   help="use a running server instead of a local world")
+    r.add_argument("--config")
+    r.add_argument("--no-progress", action="store_true", help="no progress display")
+
+    b = sub.add_parser("submit", help="send a YAML batch to a running server")
+    b.add_argument("batch")
+    b.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"))
+    b.add_argument("--wait", action="store_true", help="wait for the results (always, for now)")
+    b.add_argument("--resume", metavar="RUN_DIR")
+    b.add_argument("--no-progress", action="store_true")
+
+    rep = sub.add_parser("report", help="summarize a run directory")
+    rep.add_argument("run_dir")
+    rep.add_argument("--plot", metavar="FILE.png", help="draw a timeline (needs colocate[plot])")
+
+    d = sub.add_parser("demo", help="run the built-in demo batch on a local world")
+    d.add_argument("-n", type=int, help="workers (default: spare cores)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"colocate {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except ColocateError as e:
+        print(f"colocate {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"colocate {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import config
+    from .world import serve
+    cfg = config.load(args.config)
+    return serve(cfg, args.address_file or cfg["server"]["address_file"])
+
+
+def _need_address(args: argparse.Namespace) -> str:
+    if not args.address:
+        raise ConfigError("no server address: pass --address PATH (the file written by "
+                          "`colocate serve --address-file PATH`) or set COLOCATE_ADDRESS")
+    return args.address
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from .client import Executor
+    ex = Executor(address=_need_address(args))
+    ex.stop_server(drain=not args.now)
+    ex.shutdown()
+    print(f"asked the server at {args.address} to stop"
+          + ("" if args.now else " (running tasks finish first)"))
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .client import Executor
+    ex = Executor(address=_need_address(args))
+    try:
+        st = ex.status()
+    finally:
+        ex.shutdown()
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return EXIT_OK
+    print(render_status(st))
+    return EXIT_OK
+
+
+def render_status(st: dict) -> str:
+    """The ``colocate status`` table."""
+    lines = [f"server {st['address']}: up {st['uptime']:.0f} s, {len(st['workers'])} worker(s), "
+             f"{st['clients_connected']} client(s), queued {st['queued']}, "
+             f"retried {st['retried']}" + (", DRAINING" if st["draining"] else "")]
+    lines.append(f"{'node':<16} {'rank':>4} {'cores':<10} {'state':<7} {'task':>8} {'ahead':>5} "
+                 f"{'done':>7} {'failed':>6}")
+    for w in st["workers"]:
+        cores = ",".join(map(str, w["cores"]))
+        task = "-" if w["current"] is None else str(w["current"])
+        lines.append(f"{w['node']:<16} {w['rank']:>4} {cores:<10} {w['state']:<7} {task:>8} "
+                     f"{w['ahead']:>5} {w['done']:>7} {w['failed']:>6}")
+    for rank, why in st["lost"].items():
+        lines.append(f"lost rank {rank}: {why}")
+    for node, budget in st["node_budget"].items():
+        used = st["node_reserved"].get(node, 0)
+        lines.append(f"memory for functions on {node}: {used / 2**30:.1f} of "
+                     f"{budget / 2**30:.1f} GiB reserved")
+    return "\n".join(lines)
+
+
+def _not_yet(args: argparse.Namespace) -> int:
+    raise ConfigError(f"`colocate {args.command}` is not available in this build")
+
+
+_COMMANDS = {"serve": _serve, "stop": _stop, "status": _status, "info": _not_yet,
+             "run": _not_yet, "submit": _not_yet, "report": _not_yet, "demo": _not_yet}

@@ -1,0 +1,667 @@
+"""The public client: ``Executor``, a ``concurrent.futures.Executor`` backed by a colocate world.
+
+Data flow (one ``Connection`` per executor, shared by its ``options()`` views)::
+
+    caller thread                      connection thread                    rank 0
+    submit(): pickle fn + args ──► outbox ──► Submit batches ──MPI──► scheduler
+    Future (pending/running) ◄──── results: unpickle, set futures ◄──MPI── Results batches
+
+The caller thread pickles (so a bad argument fails its own future at once) and never touches
+MPI; the connection thread owns the intercommunicator. It sleeps in ``select`` on the server's
+bell and a wake-up pipe when idle, and polls hot only while work is in flight. ``submit`` waits
+when the client has ``4 x max_inflight`` tasks outstanding (backpressure), except from inside a
+future's callback, where waiting could deadlock.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import itertools
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from . import address as addr
+from .bell import ring_up
+from .errors import (
+    AuthenticationError,
+    BrokenWorld,
+    ConfigError,
+    MemoryLimitExceeded,
+    SerializationError,
+    ServerUnavailable,
+    TaskError,
+    TaskInterrupted,
+    TaskTimeout,
+    WorkerCrashed,
+    WorkerLost,
+)
+from .idle import Backoff
+from .messages import (
+    Bye,
+    Cancel,
+    FunctionPickler,
+    Results,
+    ResultMsg,
+    Status,
+    StatusReply,
+    StatusRequest,
+    StopRequest,
+    Submit,
+    TaskInfo,
+    TaskMsg,
+    TaskOptions,
+    Welcome,
+    dumps,
+    loads,
+    with_remote_traceback,
+)
+
+log = logging.getLogger("colocate.client")
+
+
+class Future(cf.Future):
+    """A ``concurrent.futures.Future`` that also tells where its task ran (``info``)."""
+
+    info: TaskInfo | None = None
+    _label = ""
+
+
+class Connection:
+    """One client connection to a server: intercommunicator, bell, and the thread that owns them.
+
+    Args:
+        address: the server's address (from its address file).
+        hot, warm_max, cold_after, cold: idle-wait settings (see ``defaults.yaml``).
+    """
+
+    def __init__(self, address: addr.Address, backoff: Backoff) -> None:
+        from . import comm as mpi
+        self.mpi = mpi
+        self.address = address
+        try:
+            self.bell = ring_up(address.host, address.bell_port,
+                                {"token": address.token, "role": "client", "pid": os.getpid(),
+                                 "host": socket.gethostname()})
+        except PermissionError as e:
+            raise AuthenticationError(f"the server at {address.path} refused us: {e}") from None
+        except OSError as e:
+            raise ServerUnavailable(
+                f"no server answers at {address.host}:{address.bell_port} (address file "
+                f"{address.path}, written by pid {address.pid} on {address.server_host}): "
+                f"{e}. The server may have stopped; start it again or fix the path.") from None
+        self.comm = mpi.connect(address.port)
+        self.box = mpi.Mailbox(self.comm)
+        welcome = self._await(Welcome, timeout=60.0)
+        self.client_id = welcome.client_id
+        self.slots = welcome.slots
+        self.max_inflight = welcome.max_inflight
+        self.backoff = backoff
+        self.pickle_fn = FunctionPickler()
+        self.sent_fns: set[bytes] = set()
+        self.lock = threading.Lock()
+        self.room = threading.Condition(self.lock)
+        self.outbox: deque[tuple[Future, TaskMsg]] = deque()
+        self.inflight: dict[int, Future] = {}
+        self.outstanding = 0
+        self.ids = itertools.count()
+        self.replies: deque[Any] = deque()
+        self.reply_ready = threading.Condition(self.lock)
+        self.control: deque[Any] = deque()
+        self.broken: BaseException | None = None
+        self.closing = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.sleeping = False
+        self.thread = threading.Thread(target=self._run, name="colocate-connection", daemon=True)
+        self.thread.start()
+
+    # ----- caller side ---------------------------------------------------------------------------
+    def submit(self, fn: Callable, args: tuple, kwargs: dict, opts: TaskOptions) -> Future:
+        """Pickle and queue one task; returns its future (failed at once if pickling fails)."""
+        fut = Future()
+        fut._label = getattr(fn, "__qualname__", None) or repr(fn)
+        try:
+            fn_hash, fn_bytes = self.pickle_fn(fn)
+        except Exception as e:
+            fut.set_exception(SerializationError(
+                f"cannot pickle the function {fut._label}: {type(e).__name__}: {e}",
+                stage="function", side="client", task=fut._label))
+            return fut
+        try:
+            payload = dumps((args, kwargs))
+        except Exception as e:
+            fut.set_exception(SerializationError(
+                f"cannot pickle the arguments of {fut._label}: {type(e).__name__}: {e}",
+                stage="arguments", side="client", task=fut._label))
+            return fut
+        with self.lock:
+            if self.broken is not None:
+                raise BrokenWorld(f"the colocate world is gone: {self.broken}")
+            if threading.current_thread() is not self.thread:
+                limit = 4 * self.max_inflight
+                while self.outstanding >= limit and self.broken is None:
+                    self.room.wait(1.0)
+            send_fn = fn_hash not in self.sent_fns
+            if send_fn:
+                self.sent_fns.add(fn_hash)
+            msg = TaskMsg(next(self.ids), fn_hash, fn_bytes if send_fn else None, payload, opts)
+            self.outbox.append((fut, msg))
+            self.outstanding += 1
+            sleeping = self.sleeping
+        if sleeping:
+            self._wake()
+        return fut
+
+    def request(self, msg: Any, reply_type: type, timeout: float = 30.0) -> Any:
+        """Send a control message and wait (bounded) for its reply."""
+        with self.lock:
+            self.control.append(msg)
+        self._wake()
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                for i, r in enumerate(self.replies):
+                    if isinstance(r, reply_type):
+                        del self.replies[i]
+                        return r
+                if self.broken is not None:
+                    raise BrokenWorld(f"the colocate world is gone: {self.broken}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {reply_type.__name__} from the server within "
+                                       f"{timeout:g} s")
+                self.reply_ready.wait(left)
+
+    def send_control(self, msg: Any) -> None:
+        """Send a control message that has no reply."""
+        with self.lock:
+            self.control.append(msg)
+        self._wake()
+
+    def cancel_queued(self) -> None:
+        """Cancel tasks not yet sent, and ask the server to drop this client's queued ones."""
+        with self.lock:
+            for fut, _ in self.outbox:
+                fut.cancel()
+            self.control.append(Cancel(list(self.inflight)))
+        self._wake()
+
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Say goodbye (after in-flight tasks finish if ``wait``) and stop the thread."""
+        with self.lock:
+            self.closing = True
+        self._wake()
+        if wait:
+            self.thread.join(timeout)
+        if self.thread.is_alive() and not wait:
+            return
+
+    def _wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass
+
+    # ----- connection thread ---------------------------------------------------------------------
+    def _await(self, kind: type, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.box.poll()
+            if got is not None:
+                if isinstance(got[1], kind):
+                    return got[1]
+                raise ServerUnavailable(f"unexpected first message from the server: {got[1]!r}")
+            ready, _, _ = select.select([self.bell], [], [], 0.001)
+            if ready and not self.bell.drain():
+                raise ServerUnavailable("the server closed the connection while we connected")
+        raise ServerUnavailable(f"the server did not welcome us within {timeout:g} s")
+
+    def _run(self) -> None:
+        try:
+            while True:
+                busy = self._send_queued()
+                busy |= self._receive()
+                now = time.monotonic()
+                if busy:
+                    self.backoff.active(now)
+                with self.lock:
+                    done = self.closing and not self.outbox and not self.inflight
+                if done:
+                    self.box.send(Bye("client shutdown"), 0)
+                    self.box.flush(timeout=2.0)
+                    break
+                self._sleep(self.backoff.delay(now))
+        except BaseException as e:   # noqa: BLE001 - every failure must reach the futures
+            self._break(e if isinstance(e, BrokenWorld) else BrokenWorld(
+                f"the connection thread failed: {type(e).__name__}: {e}"))
+        finally:
+            self.mpi.disconnect(self.comm)
+            self.bell.close()
+            for fd in (self.wake_r, self.wake_w):
+                os.close(fd)
+
+    def _sleep(self, delay: float) -> None:
+        with self.lock:
+            if self.outbox or self.control or self.closing and not self.inflight:
+                return
+            self.sleeping = delay > 0
+        if delay == 0.0:
+            os.sched_yield()
+            ready = select.select([self.bell], [], [], 0)[0]
+        else:
+            ready = select.select([self.bell, self.wake_r], [], [], delay)[0]
+        self.sleeping = False
+        if self.wake_r in ready:
+            try:
+                os.read(self.wake_r, 4096)
+            except BlockingIOError:
+                pass
+        if self.bell in ready and not self.bell.drain():
+            raise BrokenWorld("the server closed the connection (it stopped or crashed)")
+
+    def _send_queued(self) -> bool:
+        with self.lock:
+            control, self.control = list(self.control), deque()
+            room = self.max_inflight - len(self.inflight)
+            batch = []
+            while self.outbox and room > 0:
+                fut, msg = self.outbox.popleft()
+                if not fut.set_running_or_notify_cancel():
+                    self.outstanding -= 1
+                    self.room.notify()
+                    continue
+                self.inflight[msg.id] = fut
+                batch.append(msg)
+                room -= 1
+        for msg in control:
+            self._send(msg)
+        if batch:
+            self._send(Submit(batch))
+        return bool(batch or control)
+
+    def _send(self, msg: Any) -> None:
+        self.box.send(msg, 0)
+        if time.monotonic() - self.backoff.last > self.backoff.hot:
+            self.bell.ring()
+
+    def _receive(self) -> bool:
+        got = self.box.poll()
+        busy = False
+        while got is not None:
+            busy = True
+            msg = got[1]
+            if type(msg) is Results:
+                self._complete(msg.results)
+            elif type(msg) is Bye:
+                raise BrokenWorld(f"the server said goodbye: {msg.reason}")
+            else:
+                with self.lock:
+                    self.replies.append(msg)
+                    self.reply_ready.notify_all()
+            got = self.box.poll()
+        return busy
+
+    def _complete(self, results: list[ResultMsg]) -> None:
+        with self.lock:
+            futs = [self.inflight.pop(r.id) for r in results]
+            self.outstanding -= len(results)
+            self.room.notify_all()
+        for fut, res in zip(futs, results):
+            fut.info = res.info
+            try:
+                if res.status == Status.OK:
+                    value = loads(res.payload)
+                else:
+                    fut.set_exception(self._error(fut, res))
+                    continue
+            except Exception as e:
+                fut.set_exception(SerializationError(
+                    f"cannot unpickle the result of {fut._label} in the client: "
+                    f"{type(e).__name__}: {e}", stage="result", side="client",
+                    task=fut._label, worker=_where(res.info)))
+                continue
+            fut.set_result(value)
+
+    def _error(self, fut: Future, res: ResultMsg) -> BaseException:
+        info = res.info
+        where = _where(info)
+        attempts = info.attempts if info else 1
+        kw = {"task": fut._label, "worker": where, "attempts": attempts}
+        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+        status = Status(res.status)
+        if status in (Status.RAISED, Status.BAD_INPUT, Status.BAD_RESULT):
+            exc, tb = loads(res.payload)
+            header = f"worker {where} of a world of {self.address.size} ranks"
+            if status == Status.RAISED:
+                return with_remote_traceback(exc, tb, header)
+            stage = "arguments" if status == Status.BAD_INPUT else "result"
+            verb = "unpickle the function or arguments" if stage == "arguments" else (
+                "pickle the result")
+            err = SerializationError(f"the worker could not {verb} of {fut._label}: "
+                                     f"{type(exc).__name__}: {exc}", stage=stage, side="worker",
+                                     **kw)
+            return with_remote_traceback(err, tb, header)
+        detail = loads(res.payload) if res.payload else None
+        if status == Status.CRASHED:
+            return WorkerCrashed(f"{fut._label}: the executor process died with "
+                                 f"{_exit_text(detail)} on {where}{tries}; it was restarted",
+                                 exitcode=detail, **kw)
+        if status == Status.TIMEOUT:
+            return TaskTimeout(f"{fut._label}: ran longer than its {detail:g} s timeout on "
+                               f"{where}{tries}; the executor was killed and restarted", **kw)
+        if status == Status.MEMORY:
+            limit = f" of {detail} bytes" if detail else ""
+            return MemoryLimitExceeded(f"{fut._label}: exceeded its memory limit{limit} on "
+                                       f"{where}{tries}", **kw)
+        if status == Status.LOST:
+            return WorkerLost(f"{fut._label}: {detail}{tries}", **kw)
+        if status == Status.INTERRUPTED:
+            return TaskInterrupted(f"{fut._label}: interrupted ({detail})", **kw)
+        if status == Status.CANCELLED:
+            return TaskInterrupted(f"{fut._label}: cancelled before it started", **kw)
+        return TaskError(f"{fut._label}: {detail}", **kw)
+
+    def _break(self, exc: BrokenWorld) -> None:
+        with self.lock:
+            self.broken = exc
+            futs = list(self.inflight.values()) + [f for f, _ in self.outbox]
+            self.inflight.clear()
+            self.outbox.clear()
+            self.outstanding = 0
+            self.room.notify_all()
+            self.reply_ready.notify_all()
+        for fut in futs:
+            if not fut.done():
+                if fut.running() or fut.set_running_or_notify_cancel():
+                    fut.set_exception(exc)
+
+
+def _where(info: TaskInfo | None) -> str:
+    return info.where() if info else "no worker"
+
+
+def _exit_text(code: Any) -> str:
+    import signal
+    if isinstance(code, int) and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name} (exit status {code})"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class LocalWorld:
+    """A ``mpiexec … colocate serve`` child started by ``Executor()`` and stopped at shutdown."""
+
+    def __init__(self, workers: int, config: str | None, timeout: float) -> None:
+        import subprocess
+        import sys
+        import tempfile
+        self.dir = tempfile.mkdtemp(prefix="colocate-")
+        self.path = os.path.join(self.dir, "address")
+        mpiexec = os.environ.get("COLOCATE_MPIEXEC", "mpiexec")
+        cmd = [mpiexec, "-n", str(workers + 1), sys.executable, "-m", "colocate", "serve",
+               "--address-file", self.path]
+        if config:
+            cmd += ["--config", config]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PMI_", "PMIX_", "HYDRA_", "MPIR_"))}
+        self.log_path = os.path.join(self.dir, "serve.log")
+        self.log = open(self.log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        except FileNotFoundError:
+            raise ServerUnavailable(f"cannot start a local world: {mpiexec!r} not found. Install "
+                                    "an MPI (pip install mpich) or set COLOCATE_MPIEXEC") from None
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.path):
+            if self.proc.poll() is not None:
+                raise ServerUnavailable(f"the local world exited with code "
+                                        f"{self.proc.returncode} before it was ready:\n"
+                                        f"{self.tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerUnavailable(f"the local world was not ready within {timeout:g} s "
+                                        f"(raise client.start_timeout):\n{self.tail()}")
+            time.sleep(0.02)
+
+    def tail(self, lines: int = 20) -> str:
+        """The last lines of the world's output."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Wait for the world to exit (it was told to stop); kill it past ``timeout``."""
+        import shutil
+        import signal
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout)
+            except Exception:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(5)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        atexit.unregister(self.stop)
+
+
+class Executor(cf.Executor):
+    """Run Python callables on a colocate world, with ``concurrent.futures`` semantics.
+
+    Args:
+        max_workers: workers of a local world started by this executor (default: one per
+            spare core, at least 1). Ignored, and must be ``None``, with ``address``.
+        address: the address file of a running ``colocate serve`` (or env ``COLOCATE_ADDRESS``).
+            Without one (and outside ``mpiexec``), a local world is started and stopped with the
+            executor.
+        config: a configuration file for a local world.
+
+    Raises:
+        ValueError: ``max_workers`` is not a positive integer.
+        ServerUnavailable, AuthenticationError: no server at the address, or it refused us.
+    """
+
+    def __init__(self, max_workers: int | None = None, *, address: str | os.PathLike | None = None,
+                 config: str | None = None, _conn: Connection | None = None,
+                 _options: TaskOptions | None = None) -> None:
+        self._options = _options or TaskOptions()
+        self._shutdown = False
+        if _conn is not None:
+            self._conn, self._world, self._owner = _conn, None, False
+            return
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
+            raise ValueError("max_workers must be greater than 0")
+        from . import config as configuration
+        cfg = configuration.load(config)
+        self._options = TaskOptions(cfg["tasks"]["timeout"], cfg["tasks"]["retries"],
+                                    cfg["tasks"]["cores"], _size(cfg["tasks"]["memory"]),
+                                    cfg["tasks"]["gpus"])
+        address = address or os.environ.get("COLOCATE_ADDRESS")
+        self._world = None
+        if address is None:
+            if _launched_by_mpi():
+                raise ConfigError(
+                    "Executor() without an address inside an MPI job of several ranks: use "
+                    "`with colocate.embed(comm, workers=K) as ex:` to serve from some of this "
+                    "job's ranks, or pass address= (or COLOCATE_ADDRESS) to reach a running "
+                    "`colocate serve`")
+            if max_workers is None:
+                max_workers = _default_workers()
+            self._world = LocalWorld(max_workers, config, cfg["client"]["start_timeout"])
+            address = self._world.path
+        elif max_workers is not None:
+            raise ValueError("max_workers applies to a local world; a running server at "
+                             f"{os.fspath(address)!r} has its own workers")
+        where = address if isinstance(address, addr.Address) else addr.read(address)
+        try:
+            self._conn = Connection(where, Backoff.from_config(cfg["server"]))
+        except BaseException:
+            if self._world is not None:
+                self._world.proc.terminate()
+                self._world.stop()
+            raise
+        self._owner = True
+
+    # ----- concurrent.futures API ----------------------------------------------------------------
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)``; returns a :class:`Future`."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if not callable(fn):
+            raise TypeError(f"submit() expects a callable, found {type(fn).__name__}")
+        return self._conn.submit(fn, args, kwargs, self._options)
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1, buffersize: int | None = None) -> Iterator:
+        """Like ``concurrent.futures.Executor.map``, consuming the inputs lazily.
+
+        At most ``buffersize`` chunks (default: enough to keep every worker busy) are in flight;
+        more are submitted as results are consumed. ``chunksize`` groups calls into one task.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError("buffersize must be None or > 0")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        end = None if timeout is None else timeout + time.monotonic()
+        ahead = buffersize or max(2 * self._conn.max_inflight // chunksize, 2)
+        calls = zip(*iterables)
+        if chunksize == 1:
+            source = (self.submit(fn, *args) for args in calls)
+        else:
+            chunks = iter(lambda: list(itertools.islice(calls, chunksize)), [])
+            source = (self.submit(_run_chunk, fn, chunk) for chunk in chunks)
+        window = deque(itertools.islice(source, ahead))
+
+        def results() -> Iterator:
+            try:
+                while window:
+                    fut = window.popleft()
+                    left = None if end is None else end - time.monotonic()
+                    value = fut.result(left)
+                    nxt = next(source, None)
+                    if nxt is not None:
+                        window.append(nxt)
+                    if chunksize == 1:
+                        yield value
+                    else:
+                        yield from value
+            finally:
+                for fut in window:
+                    fut.cancel()
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; with ``wait``, return when every task has finished."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        if not self._owner:
+            return
+        if cancel_futures:
+            self._conn.cancel_queued()
+        self._conn.close(wait=wait)
+        if self._world is not None:
+            if wait:
+                self._stop_world()
+            else:
+                threading.Thread(target=self._stop_world, daemon=True).start()
+
+    def _stop_world(self) -> None:
+        self._conn.thread.join()
+        self._world.proc.terminate()   # SIGTERM to mpiexec: it forwards to every rank
+        self._world.stop()
+
+    # ----- colocate extensions -------------------------------------------------------------------
+    def options(self, *, timeout: float | None = ..., retries: int = ..., cores: int = ...,
+                memory: int | str | None = ..., gpus: int = ...,
+                retry_on: Iterable[type[BaseException] | str] = ...) -> Executor:
+        """A view of this executor whose tasks carry other options (same connection).
+
+        Options never collide with the function's own keyword arguments::
+
+            ex.options(timeout=5, retries=2).submit(simulate, timeout=30)
+
+        Raises:
+            ValueError: an option has a value out of range.
+        """
+        changes: dict[str, Any] = {}
+        if timeout is not ...:
+            if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+                raise ValueError(f"timeout must be a positive number of seconds or None, "
+                                 f"found {timeout!r}")
+            changes["timeout"] = None if timeout is None else float(timeout)
+        for name, value, low in (("retries", retries, 0), ("cores", cores, 1), ("gpus", gpus, 0)):
+            if value is not ...:
+                if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                    raise ValueError(f"{name} must be an integer >= {low}, found {value!r}")
+                changes[name] = value
+        if memory is not ...:
+            changes["memory"] = _size(memory)
+        if retry_on is not ...:
+            from .messages import qualname
+            changes["retry_on"] = tuple(r if isinstance(r, str) else qualname(r)
+                                        for r in retry_on)
+        view = Executor(_conn=self._conn, _options=self._options._replace(**changes))
+        return view
+
+    @property
+    def max_workers(self) -> int:
+        """Worker slots of the world when we connected."""
+        return self._conn.slots
+
+    def status(self, timeout: float = 30.0) -> dict:
+        """The server's view: workers, their state and counts, the queue."""
+        return self._conn.request(StatusRequest(), StatusReply, timeout).status
+
+    def stop_server(self, drain: bool = True) -> None:
+        """Ask the server to stop (after draining running tasks if ``drain``)."""
+        self._conn.send_control(StopRequest(drain))
+
+
+def _launched_by_mpi() -> bool:
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        try:
+            if int(os.environ.get(var, "1")) > 1:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+def _run_chunk(fn: Callable, chunk: list[tuple]) -> list:
+    return [fn(*args) for args in chunk]
+
+
+def _size(value: Any) -> int | None:
+    if value is None:
+        return None
+    from .colocation.units import parse_size
+    return parse_size(value)
+
+
+def _default_workers() -> int:
+    from .colocation.spare import discover_spare_cores
+    from .config import load
+    try:
+        found = discover_spare_cores(load()["co_location"], own_pids=[os.getpid()])
+        return max(1, len(found.cores))
+    except Exception:   # discovery is a hint here; the world reports the real placement
+        return max(1, len(os.sched_getaffinity(0)))

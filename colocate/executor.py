@@ -1,0 +1,209 @@
+"""A worker rank's handle on its executor child: start, feed, watch, kill, restart.
+
+The worker rank never runs user code (unless ``executor.isolation`` is ``inline``). It keeps one
+warm child per slot, writes it batches of work, and reads back outcomes. When the child dies the
+handle says how (exit code or signal, or an out-of-memory kill seen in its cgroup) and a new
+child is started at once, so the world keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from ._frames import read_frame, write_frame
+from .messages import Outcome, Status, Work, dumps
+
+log = logging.getLogger("colocate.worker")
+
+# Environment variables that would make a child believe it is an MPI process of our world.
+_MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPICH_", "I_MPI_", "UCX_",
+                     "FI_", "SLURM_STEP_", "COLOCATE_CHILD")
+START_TIMEOUT = 60.0   # seconds a new child has to say it is ready
+
+
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for an executor child: ours without MPI's variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_MPI_ENV_PREFIXES)}
+    env["COLOCATE_CHILD"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class ChildDied(Exception):
+    """The executor child ended; ``status`` and ``payload`` describe how, for the running task."""
+
+    def __init__(self, status: Status, payload: bytes, detail: str) -> None:
+        self.status = status
+        self.payload = payload
+        super().__init__(detail)
+
+
+class ExecutorProcess:
+    """One warm executor child and the work it holds, oldest (running) first.
+
+    Args:
+        settings: sandbox settings for the child (``cores``, ``priority``, ``threads``,
+            ``memory_limit``), passed to :func:`colocate.colocation.sandbox.apply_sandbox`.
+        cgroup: an optional cgroup group the child is put in (memory limit, freezer).
+    """
+
+    def __init__(self, settings: dict[str, Any], cgroup: Any = None) -> None:
+        self.settings = settings
+        self.cgroup = cgroup
+        self.proc: subprocess.Popen | None = None
+        self.held: deque[tuple[Work, float]] = deque()   # (work, time sent or started)
+        self.known: set[bytes] = set()
+        self.sandbox: dict = {}
+        self.restarts = 0
+
+    # ----- life cycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start a fresh child and wait (bounded) until it is ready."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "colocate._child", str(to_child_r), str(from_child_w),
+             json.dumps(self.settings)],
+            pass_fds=(to_child_r, from_child_w), env=child_environment(self.settings.get("env")),
+            stdin=subprocess.DEVNULL)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.to_child, self.from_child = to_child_w, from_child_r
+        self.known = set()
+        if self.cgroup is not None:
+            self.cgroup.add(self.proc.pid)
+        ready, _, _ = select.select([self.from_child], [], [], START_TIMEOUT)
+        if not ready:
+            self.kill()
+            raise RuntimeError(f"the executor child did not start within {START_TIMEOUT:g} s")
+        try:
+            hello = read_frame(self.from_child)
+        except EOFError:
+            code = self.proc.wait(timeout=5)
+            raise RuntimeError(f"the executor child exited at start with code {code}; "
+                               "see its error output above") from None
+        self.sandbox = hello.get("sandbox", {})
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id."""
+        return None if self.proc is None else self.proc.pid
+
+    def kill(self) -> int | None:
+        """Kill the child (SIGKILL) and reap it; returns its exit status."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if self.cgroup is not None:
+            self.cgroup.thaw()   # a frozen process cannot die
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        code = proc.wait(timeout=10)
+        for fd in (self.to_child, self.from_child):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return code
+
+    def restart(self) -> None:
+        """Replace a dead or killed child with a fresh one."""
+        self.kill()
+        self.restarts += 1
+        self.start()
+
+    # ----- work ----------------------------------------------------------------------------------
+    def send(self, work: list[Work], fn_store: dict[bytes, bytes]) -> None:
+        """Hand ``work`` to the child, with function bytes only where the child lacks them."""
+        now = time.monotonic()
+        items = []
+        for w in work:
+            if w.fn_hash in self.known:
+                if w.fn_bytes is not None:
+                    w = w._replace(fn_bytes=None)
+            else:
+                if w.fn_bytes is None:
+                    w = w._replace(fn_bytes=fn_store[w.fn_hash])
+                self.known.add(w.fn_hash)
+            items.append(w)
+            self.held.append((w, now))
+        write_frame(self.to_child, items)
+
+    @property
+    def busy(self) -> bool:
+        """Whether the child holds work."""
+        return bool(self.held)
+
+    def deadline(self) -> float | None:
+        """Monotonic time at which the running task times out, if it has a timeout."""
+        if not self.held:
+            return None
+        work, since = self.held[0]
+        return None if work.timeout is None else since + work.timeout
+
+    def wait_readable(self, timeout: float) -> bool:
+        """Block (using no CPU) until the child has written something, or ``timeout`` passes."""
+        ready, _, _ = select.select([self.from_child], [], [], max(0.0, timeout))
+        return bool(ready)
+
+    def collect(self) -> list[Outcome]:
+        """Read one batch of outcomes (call when readable). Raises :class:`ChildDied`."""
+        try:
+            done = read_frame(self.from_child)
+        except (EOFError, OSError):
+            raise self._death() from None
+        outcomes = done.outcomes
+        for out in outcomes:
+            if self.held and self.held[0][0].gid == out.gid:
+                self.held.popleft()
+        if self.held:   # the next held task started when the last one finished
+            work, since = self.held[0]
+            self.held[0] = (work, max(since, time.monotonic()))
+        return outcomes
+
+    def cut_off(self, status: Status, payload: bytes) -> list[Outcome]:
+        """Kill the child; the running task ends with ``status``, the rest go back unstarted."""
+        outcomes = self._drop_held(status, payload)
+        self.restart()
+        return outcomes
+
+    def fail_held(self, died: ChildDied) -> list[Outcome]:
+        """After a death: outcomes for the held work, then a fresh child."""
+        outcomes = self._drop_held(died.status, died.payload)
+        self.restart()
+        return outcomes
+
+    def _drop_held(self, status: Status, payload: bytes) -> list[Outcome]:
+        now = time.time()
+        outcomes = []
+        for i, (work, since) in enumerate(self.held):
+            if i == 0:
+                started = now - (time.monotonic() - since)
+                outcomes.append(Outcome(work.gid, status, payload, started, now))
+            else:
+                outcomes.append(Outcome(work.gid, Status.REQUEUE, b"", 0.0, 0.0))
+        self.held.clear()
+        return outcomes
+
+    def _death(self) -> ChildDied:
+        proc = self.proc
+        code = proc.wait(timeout=10) if proc is not None else None
+        if self.cgroup is not None and self.cgroup.oom_killed():
+            limit = self.held[0][0].memory if self.held else None
+            return ChildDied(Status.MEMORY, dumps(limit),
+                             f"executor child {proc.pid} was killed for exceeding its memory")
+        how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
+               else f"exit code {code}")
+        return ChildDied(Status.CRASHED, dumps(code),
+                         f"executor child {proc.pid if proc else '?'} died with {how}")

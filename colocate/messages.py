@@ -1,0 +1,267 @@
+"""Wire records, serialization, the function cache key, and remote tracebacks (no MPI here).
+
+Every message that crosses a process boundary is a small ``NamedTuple`` (cheap to pickle, easy to
+read). Task payloads travel as opaque ``bytes`` made by cloudpickle on the client and unpickled
+only in the executor: rank 0 and the worker ranks relay them without looking inside.
+
+Flow of one task::
+
+    client   TaskMsg(id, fn_hash, fn_bytes|None, args_bytes, opts) ──► rank 0
+    rank 0   Work(gid, fn_hash, fn_bytes|None, args_bytes, timeout, cores, memory) ──► worker
+    worker   the same Work items, batched, over a pipe ──► executor child
+    child    Outcome(gid, status, payload, started, finished, exc_type) ──► worker ──► rank 0
+    rank 0   ResultMsg(id, status, payload, TaskInfo) ──► client
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import traceback
+import weakref
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+import cloudpickle
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class Status(IntEnum):
+    """How a task attempt ended."""
+
+    OK = 0            # payload: pickled return value
+    RAISED = 1        # payload: pickled (exception, traceback text)
+    CRASHED = 2       # payload: pickled exit code (negative: signal)
+    TIMEOUT = 3       # payload: pickled timeout in seconds
+    MEMORY = 4        # payload: pickled memory limit in bytes (or None)
+    BAD_INPUT = 5     # function or arguments could not be unpickled in the executor
+    BAD_RESULT = 6    # the return value could not be pickled in the executor
+    REQUEUE = 7       # sent ahead but never started (its executor was restarted)
+    INTERRUPTED = 8   # cut off by a drain or shutdown
+    LOST = 9          # its worker rank stopped answering
+    CANCELLED = 10    # dropped from the queue on request
+    REJECTED = 11     # can never run here (asks more than any node has)
+
+
+# Outcomes after which a task is tried again while it has retries left.
+RETRYABLE = frozenset({Status.CRASHED, Status.TIMEOUT, Status.MEMORY, Status.LOST})
+
+
+class TaskOptions(NamedTuple):
+    """Per-task settings; ``None`` fields take the server's defaults."""
+
+    timeout: float | None = None
+    retries: int = 0
+    cores: int = 1
+    memory: int | None = None
+    gpus: int = 0
+    retry_on: tuple[str, ...] = ()   # qualified names of exception types worth retrying
+
+
+class TaskInfo(NamedTuple):
+    """Where and when a task ran; ``future.info`` once the future is done."""
+
+    node: str
+    rank: int
+    cores: tuple[int, ...]
+    started: float
+    finished: float
+    attempts: int
+
+    def where(self) -> str:
+        """Describe the place, e.g. ``rank 2 on node01, cores [3]``."""
+        return f"rank {self.rank} on {self.node}, cores {list(self.cores)}"
+
+
+# ----- client <-> rank 0 ----------------------------------------------------------------------
+class Hello(NamedTuple):
+    token: str
+    pid: int
+    host: str
+
+
+class Welcome(NamedTuple):
+    client_id: int
+    slots: int            # worker slots in the world now
+    max_inflight: int     # server-side cap on this client's tasks in flight
+
+
+class Refused(NamedTuple):
+    reason: str
+
+
+class TaskMsg(NamedTuple):
+    id: int
+    fn_hash: bytes
+    fn_bytes: bytes | None   # sent once per (client, function)
+    args: bytes
+    options: TaskOptions
+
+
+class Submit(NamedTuple):
+    tasks: list[TaskMsg]
+
+
+class Cancel(NamedTuple):
+    ids: list[int]
+
+
+class ResultMsg(NamedTuple):
+    id: int
+    status: int
+    payload: bytes
+    info: TaskInfo | None
+
+
+class Results(NamedTuple):
+    results: list[ResultMsg]
+
+
+class StatusRequest(NamedTuple):
+    pass
+
+
+class StatusReply(NamedTuple):
+    status: dict
+
+
+class StopRequest(NamedTuple):
+    drain: bool = True
+
+
+class Bye(NamedTuple):
+    reason: str = ""
+
+
+# ----- rank 0 <-> worker ranks, worker <-> executor child -----------------------------------------
+class Work(NamedTuple):
+    gid: int
+    fn_hash: bytes
+    fn_bytes: bytes | None
+    args: bytes
+    timeout: float | None
+    memory: int | None
+
+
+class Dispatch(NamedTuple):
+    work: list[Work]
+
+
+class Outcome(NamedTuple):
+    gid: int
+    status: int
+    payload: bytes
+    started: float
+    finished: float
+    exc_type: str = ""     # qualified name of a raised exception, for retry_on
+
+
+class Done(NamedTuple):
+    outcomes: list[Outcome]
+
+
+class WorkerHello(NamedTuple):
+    rank: int
+    node: str
+    cores: tuple[int, ...]
+    memory_budget: int
+    detail: dict
+
+
+class Heartbeat(NamedTuple):
+    pass
+
+
+class KillRunning(NamedTuple):
+    status: int          # what to report for the task cut off (INTERRUPTED, TIMEOUT)
+
+
+class PauseCores(NamedTuple):
+    paused: bool
+
+
+class Shutdown(NamedTuple):
+    pass
+
+
+# ----- serialization ------------------------------------------------------------------------------
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` with cloudpickle (functions and lambdas by value where needed)."""
+    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+
+
+loads = pickle.loads
+
+
+def fn_key(data: bytes) -> bytes:
+    """Content hash of a pickled function: the key of the warm-function caches."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+class FunctionPickler:
+    """Pickles functions once per function object and remembers their content hash.
+
+    Module-level functions pickle by reference (cheap); closures and lambdas by value. The cache
+    is weak, so it never keeps a function alive.
+    """
+
+    def __init__(self) -> None:
+        self._cache: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
+            weakref.WeakKeyDictionary())
+
+    def __call__(self, fn: Any) -> tuple[bytes, bytes]:
+        """Return ``(hash, pickled bytes)`` for ``fn``."""
+        try:
+            return self._cache[fn]
+        except (KeyError, TypeError):
+            pass
+        data = dumps(fn)
+        entry = (fn_key(data), data)
+        try:
+            self._cache[fn] = entry
+        except TypeError:   # not weak-referenceable (e.g. some builtins): just don't cache
+            pass
+        return entry
+
+
+def dump_exception(exc: BaseException) -> bytes:
+    """Pickle an exception with its formatted traceback; fall back to a stand-in if needed.
+
+    The stand-in keeps the type name and message, so nothing the user needs is lost when the
+    exception itself cannot be pickled (e.g. it holds a lock).
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        data = dumps((exc, tb))
+        pickle.loads(data)   # some exceptions pickle but cannot be rebuilt
+        return data
+    except Exception:
+        stand_in = RemoteError(f"{qualname(type(exc))}: {exc}")
+        return dumps((stand_in, tb))
+
+
+def qualname(cls: type) -> str:
+    """``module.QualName`` of a class, as used by ``retry_on``."""
+    mod = cls.__module__
+    return cls.__qualname__ if mod == "builtins" else f"{mod}.{cls.__qualname__}"
+
+
+class RemoteError(Exception):
+    """Stands in for a remote exception that could not be pickled; the message keeps its type."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the formatted remote traceback; attached as ``__cause__`` of remote errors."""
+
+    def __init__(self, tb: str) -> None:
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def with_remote_traceback(exc: BaseException, tb: str, where: str) -> BaseException:
+    """Attach the remote traceback, headed by where it ran, as the exception's cause."""
+    exc.__cause__ = RemoteTraceback(f'\n"""\nTraceback from {where}:\n{tb}"""')
+    return exc

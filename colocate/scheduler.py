@@ -1,0 +1,498 @@
+"""Rank 0's scheduler: a pure state machine (events in, instructions out; no MPI, no clock).
+
+The server loop turns MPI messages and timers into events, calls :meth:`Scheduler.handle`, and
+carries out the instructions it returns. Everything here is deterministic, so the tests drive it
+event by event and compare the exact instruction lists.
+
+What it keeps:
+  * a FIFO queue per client, served round-robin so one client cannot starve another;
+  * per worker rank: the tasks sent to it in order (the first is running, the rest were sent
+    ahead), the functions it has cached, its node and cores;
+  * per function: a moving average of its run time, which decides whether tasks are sent ahead;
+  * per node: the memory reserved by running tasks against the node's budget for functions.
+
+Decisions it makes: placement (warm worker first, then least loaded), retries (crashes, timeouts,
+memory kills and lost workers while ``retries`` last; raised exceptions only when listed in
+``retry_on``), the drain, and declaring silent workers lost.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .messages import (
+    RETRYABLE,
+    Outcome,
+    ResultMsg,
+    Status,
+    TaskInfo,
+    TaskMsg,
+    TaskOptions,
+    Work,
+    dumps,
+)
+
+
+# ----- events ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClientJoined:
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLeft:
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    client: int
+    tasks: list[TaskMsg]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    client: int
+    ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerJoined:
+    rank: int
+    node: str
+    cores: tuple[int, ...]
+    memory_budget: int
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDone:
+    rank: int
+    outcomes: list[Outcome]
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeardFrom:
+    rank: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    rank: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPaused:
+    rank: int
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequested:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DrainDeadline:
+    pass
+
+
+# ----- instructions ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SendWork:
+    rank: int
+    work: list[Work]
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    client: int
+    results: list[ResultMsg]
+
+
+@dataclass(frozen=True, slots=True)
+class CutOff:
+    """Kill the running task of ``rank``, reporting ``status``; return the rest unstarted."""
+
+    rank: int
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetWorker:
+    """The rank is lost: stop talking to it."""
+
+    rank: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """Drained: nothing is queued or running any more."""
+
+
+Event = (ClientJoined | ClientLeft | Submitted | CancelRequested | WorkerJoined | WorkerDone
+         | HeardFrom | WorkerLost | WorkerPaused | Tick | DrainRequested | DrainDeadline)
+Instruction = SendWork | Deliver | CutOff | ForgetWorker | Exit
+
+EWMA = 0.2   # weight of the newest run time in a function's average
+
+
+class _Task:
+    __slots__ = ("gid", "client", "cid", "fn_hash", "args", "opts", "attempts", "rank")
+
+    def __init__(self, gid: int, client: int | None, msg: TaskMsg) -> None:
+        self.gid = gid
+        self.client = client
+        self.cid = msg.id
+        self.fn_hash = msg.fn_hash
+        self.args = msg.args
+        self.opts: TaskOptions = msg.options
+        self.attempts = 0
+        self.rank: int | None = None
+
+
+@dataclass
+class _Worker:
+    rank: int
+    node: str
+    cores: tuple[int, ...]
+    last_seen: float
+    assigned: dict[int, _Task] = field(default_factory=dict)   # in dispatch order
+    fns: set[bytes] = field(default_factory=set)
+    paused: bool = False
+    done: int = 0
+    failed: int = 0
+
+
+class Scheduler:
+    """Queues, placement, retries and the drain for one colocate world.
+
+    Args:
+        prefetch: how many tasks of a short function a worker may hold at once.
+        prefetch_below: a function is short when its mean run time is below this (seconds).
+        heartbeat_timeout: seconds of silence after which a worker is declared lost.
+        default_timeout: the task timeout used when a task sets none.
+    """
+
+    def __init__(self, prefetch: int = 32, prefetch_below: float = 0.005,
+                 heartbeat_timeout: float = 30.0, default_timeout: float | None = None) -> None:
+        self.prefetch = max(1, prefetch)
+        self.prefetch_below = prefetch_below
+        self.heartbeat_timeout = heartbeat_timeout
+        self.default_timeout = default_timeout
+        self.workers: dict[int, _Worker] = {}
+        self.lost: dict[int, str] = {}
+        self.tasks: dict[int, _Task] = {}
+        self.queues: dict[int, deque[_Task]] = {}
+        self.turn: deque[int] = deque()           # clients with queued tasks, round-robin
+        self.fns: dict[bytes, bytes] = {}          # function registry: hash -> pickled function
+        self.mean_runtime: dict[bytes, float] = {}
+        self.node_budget: dict[str, int] = {}
+        self.node_reserved: dict[str, int] = {}
+        self.draining = False
+        self.retried = 0
+        self._next_gid = 0
+        self._out: list[Instruction] = []
+        self._deliveries: dict[int, list[ResultMsg]] = {}
+        self._returning: list[_Task] = []
+
+    # ----- entry point ---------------------------------------------------------------------------
+    def handle(self, event: Event) -> list[Instruction]:
+        """Apply one event and return what the server loop must do, in order."""
+        method = getattr(self, "_on_" + type(event).__name__)
+        method(event)
+        for task in reversed(self._returning):   # back to the front, in their old order
+            queue = self.queues[task.client]
+            if not queue:
+                self.turn.append(task.client)
+            queue.appendleft(task)
+        self._returning = []
+        self._dispatch()
+        for client, results in self._deliveries.items():
+            self._out.append(Deliver(client, results))
+        self._deliveries = {}
+        if self.draining and not self.tasks and not any(w.assigned for w in self.workers.values()):
+            self._out.append(Exit())
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def slots(self) -> int:
+        """Worker slots currently serving."""
+        return len(self.workers)
+
+    def queued(self) -> int:
+        """Tasks waiting for a worker."""
+        return sum(len(q) for q in self.queues.values())
+
+    # ----- events --------------------------------------------------------------------------------
+    def _on_ClientJoined(self, ev: ClientJoined) -> None:
+        self.queues.setdefault(ev.client, deque())
+
+    def _on_ClientLeft(self, ev: ClientLeft) -> None:
+        for task in self.queues.pop(ev.client, ()):
+            del self.tasks[task.gid]
+        if ev.client in self.turn:
+            self.turn.remove(ev.client)
+        for task in self.tasks.values():   # running ones finish; their results are dropped
+            if task.client == ev.client:
+                task.client = None
+
+    def _on_Submitted(self, ev: Submitted) -> None:
+        queue = self.queues.get(ev.client)
+        if queue is None:
+            return
+        was_empty = not queue
+        for msg in ev.tasks:
+            if msg.fn_bytes is not None:
+                self.fns.setdefault(msg.fn_hash, msg.fn_bytes)
+            reason = self._cannot_run(msg)
+            if reason:
+                self._deliver(ev.client, ResultMsg(msg.id, Status.REJECTED, dumps(reason), None))
+                continue
+            task = _Task(self._next_gid, ev.client, msg)
+            self._next_gid += 1
+            self.tasks[task.gid] = task
+            queue.append(task)
+        if was_empty and queue:
+            self.turn.append(ev.client)
+
+    def _on_CancelRequested(self, ev: CancelRequested) -> None:
+        queue = self.queues.get(ev.client)
+        if not queue:
+            return
+        wanted = set(ev.ids)
+        keep = deque()
+        for task in queue:
+            if task.cid in wanted:
+                del self.tasks[task.gid]
+                self._deliver(ev.client, ResultMsg(task.cid, Status.CANCELLED, b"", None))
+            else:
+                keep.append(task)
+        self.queues[ev.client] = keep
+        if not keep and ev.client in self.turn:
+            self.turn.remove(ev.client)
+
+    def _on_WorkerJoined(self, ev: WorkerJoined) -> None:
+        self.workers[ev.rank] = _Worker(ev.rank, ev.node, tuple(ev.cores), ev.now)
+        self.node_budget[ev.node] = ev.memory_budget
+        self.node_reserved.setdefault(ev.node, 0)
+
+    def _on_HeardFrom(self, ev: HeardFrom) -> None:
+        worker = self.workers.get(ev.rank)
+        if worker is not None:
+            worker.last_seen = ev.now
+
+    def _on_WorkerPaused(self, ev: WorkerPaused) -> None:
+        worker = self.workers.get(ev.rank)
+        if worker is not None:
+            worker.paused = ev.paused
+
+    def _on_WorkerDone(self, ev: WorkerDone) -> None:
+        worker = self.workers.get(ev.rank)
+        if worker is None:
+            return
+        worker.last_seen = max(worker.last_seen, ev.now)
+        for out in ev.outcomes:
+            task = worker.assigned.pop(out.gid, None)
+            if task is None:
+                continue
+            self._release(worker, task)
+            if out.status == Status.REQUEUE:
+                self._requeue(task)
+                continue
+            task.attempts += 1
+            if out.status in (Status.OK, Status.RAISED):
+                took = max(0.0, out.finished - out.started)
+                old = self.mean_runtime.get(task.fn_hash)
+                self.mean_runtime[task.fn_hash] = took if old is None else (
+                    old + EWMA * (took - old))
+            if self._should_retry(task, out):
+                self.retried += 1
+                self._requeue(task)
+                continue
+            if out.status == Status.OK:
+                worker.done += 1
+            else:
+                worker.failed += 1
+            info = TaskInfo(worker.node, worker.rank, worker.cores, out.started, out.finished,
+                            task.attempts)
+            self._finish(task, ResultMsg(task.cid, out.status, out.payload, info))
+
+    def _on_WorkerLost(self, ev: WorkerLost) -> None:
+        worker = self.workers.pop(ev.rank, None)
+        if worker is None:
+            return
+        self.lost[ev.rank] = ev.reason
+        self._out.append(ForgetWorker(ev.rank, ev.reason))
+        for i, task in enumerate(list(worker.assigned.values())):
+            self._release(worker, task)
+            if i > 0:   # sent ahead, never started
+                self._requeue(task)
+                continue
+            task.attempts += 1
+            out = Outcome(task.gid, Status.LOST, dumps(ev.reason), 0.0, 0.0)
+            if self._should_retry(task, out):
+                self.retried += 1
+                self._requeue(task)
+            else:
+                info = TaskInfo(worker.node, worker.rank, worker.cores, 0.0, 0.0, task.attempts)
+                self._finish(task, ResultMsg(task.cid, Status.LOST, out.payload, info))
+        if not self.workers:
+            self._fail_queued(Status.LOST, "no worker rank is left in the world")
+
+    def _on_Tick(self, ev: Tick) -> None:
+        for worker in list(self.workers.values()):
+            silent = ev.now - worker.last_seen
+            if silent > self.heartbeat_timeout:
+                self._on_WorkerLost(WorkerLost(
+                    worker.rank, f"rank {worker.rank} on {worker.node} was silent for "
+                    f"{silent:.0f} s (heartbeat_timeout {self.heartbeat_timeout:g} s)"))
+
+    def _on_DrainRequested(self, ev: DrainRequested) -> None:
+        self.draining = True
+        self._fail_queued(Status.INTERRUPTED, "the server is draining")
+
+    def _on_DrainDeadline(self, ev: DrainDeadline) -> None:
+        for worker in self.workers.values():
+            if worker.assigned:
+                self._out.append(CutOff(worker.rank, Status.INTERRUPTED))
+
+    # ----- placement -----------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        if self.draining or not self.workers:
+            return
+        batches: dict[int, list[Work]] = {}
+        blocked = 0
+        while self.turn and blocked < len(self.turn):
+            client = self.turn[0]
+            queue = self.queues[client]
+            task = queue[0]
+            worker = self._place(task)
+            if worker is None:       # head of this client's queue does not fit now: next client
+                self.turn.rotate(-1)
+                blocked += 1
+                continue
+            blocked = 0
+            queue.popleft()
+            self.turn.rotate(-1)
+            if not queue:
+                self.turn.remove(client)
+            task.rank = worker.rank
+            worker.assigned[task.gid] = task
+            if task.opts.memory:
+                self.node_reserved[worker.node] += task.opts.memory
+            fn_bytes = None
+            if task.fn_hash not in worker.fns:
+                fn_bytes = self.fns[task.fn_hash]
+                worker.fns.add(task.fn_hash)
+            timeout = task.opts.timeout if task.opts.timeout is not None else self.default_timeout
+            batches.setdefault(worker.rank, []).append(
+                Work(task.gid, task.fn_hash, fn_bytes, task.args, timeout, task.opts.memory))
+        for rank, work in batches.items():
+            self._out.append(SendWork(rank, work))
+
+    def _place(self, task: _Task) -> _Worker | None:
+        mean = self.mean_runtime.get(task.fn_hash)
+        depth = self.prefetch if mean is not None and mean < self.prefetch_below else 1
+        best: _Worker | None = None
+        best_key: tuple[int, int] | None = None
+        for worker in self.workers.values():
+            load = len(worker.assigned)
+            if worker.paused or load >= depth or len(worker.cores) < task.opts.cores:
+                continue
+            if task.opts.memory and (self.node_reserved[worker.node] + task.opts.memory
+                                     > self.node_budget[worker.node]):
+                continue
+            key = (load, 0 if task.fn_hash in worker.fns else 1)
+            if best_key is None or key < best_key:
+                best, best_key = worker, key
+        return best
+
+    def _cannot_run(self, msg: TaskMsg) -> str:
+        if msg.fn_hash not in self.fns:
+            return "the function was never sent to this server (client protocol error)"
+        if not self.workers:
+            return ""
+        opts = msg.options
+        most_cores = max(len(w.cores) for w in self.workers.values())
+        if opts.cores > most_cores:
+            return (f"the task asks for {opts.cores} cores, but the largest worker has "
+                    f"{most_cores}; ask for fewer cores or start workers with more")
+        if opts.memory:
+            budget = max(self.node_budget.values())
+            if opts.memory > budget:
+                return (f"the task asks for {opts.memory} bytes of memory, but the largest "
+                        f"node budget for functions is {budget} bytes; ask for less or raise "
+                        f"co_location.memory_budget")
+        return ""
+
+    # ----- helpers -------------------------------------------------------------------------------
+    def _should_retry(self, task: _Task, out: Outcome) -> bool:
+        if self.draining or task.attempts > task.opts.retries:
+            return False
+        if out.status in RETRYABLE:
+            return True
+        return out.status == Status.RAISED and bool(out.exc_type) and (
+            out.exc_type in task.opts.retry_on)
+
+    def _release(self, worker: _Worker, task: _Task) -> None:
+        task.rank = None
+        if task.opts.memory:
+            self.node_reserved[worker.node] -= task.opts.memory
+
+    def _requeue(self, task: _Task) -> None:
+        if task.client is None:
+            del self.tasks[task.gid]
+            return
+        if self.draining:
+            self._finish(task, ResultMsg(task.cid, Status.INTERRUPTED,
+                                         dumps("the server is draining"), None))
+            return
+        self._returning.append(task)
+
+    def _finish(self, task: _Task, result: ResultMsg) -> None:
+        del self.tasks[task.gid]
+        if task.client is not None:
+            self._deliver(task.client, result)
+
+    def _deliver(self, client: int, result: ResultMsg) -> None:
+        self._deliveries.setdefault(client, []).append(result)
+
+    def _fail_queued(self, status: Status, reason: str) -> None:
+        payload = dumps(reason)
+        for client, queue in self.queues.items():
+            for task in queue:
+                del self.tasks[task.gid]
+                self._deliver(client, ResultMsg(task.cid, status, payload, None))
+            queue.clear()
+        self.turn.clear()
+
+    # ----- reporting -----------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """A plain-data view for ``colocate status``."""
+        workers = []
+        for w in sorted(self.workers.values(), key=lambda w: w.rank):
+            current = next(iter(w.assigned.values()), None)
+            workers.append({
+                "rank": w.rank, "node": w.node, "cores": list(w.cores),
+                "state": "paused" if w.paused else ("busy" if w.assigned else "idle"),
+                "current": None if current is None else current.gid,
+                "ahead": max(0, len(w.assigned) - 1), "done": w.done, "failed": w.failed,
+            })
+        return {
+            "workers": workers, "lost": dict(self.lost), "queued": self.queued(),
+            "running": sum(1 for w in self.workers.values() if w.assigned),
+            "clients": len(self.queues), "retried": self.retried, "draining": self.draining,
+            "node_budget": dict(self.node_budget), "node_reserved": dict(self.node_reserved),
+        }

@@ -1,0 +1,315 @@
+"""Rank 0's loop: turn MPI messages, bells and signals into scheduler events, and back.
+
+Reads: ``WorkerHello``/``Done``/``Heartbeat`` from worker ranks; ``Hello``/``Submit``/``Cancel``/
+``StatusRequest``/``StopRequest``/``Bye`` from clients; new connections on the bell listener;
+SIGTERM/SIGINT. Writes: ``Dispatch``/``KillRunning``/``Shutdown`` to workers, ``Welcome``/
+``Results``/``StatusReply``/``Bye`` to clients, and the address file.
+
+All decisions are the :class:`~colocate.scheduler.Scheduler`'s; this module only moves messages.
+It sleeps in ``select`` on every bell when idle, so an idle server costs almost no CPU, and wakes
+the peers it sends to by ringing their bells.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import comm as mpi
+from . import scheduler as S
+from .address import Address
+from .bell import Bell, answer
+from .idle import Backoff
+from .messages import (
+    Bye,
+    Cancel,
+    Dispatch,
+    Done,
+    Heartbeat,
+    Hello,
+    KillRunning,
+    Results,
+    Shutdown,
+    StatusReply,
+    StatusRequest,
+    StopRequest,
+    Submit,
+    Welcome,
+    WorkerHello,
+)
+
+log = logging.getLogger("colocate.server")
+
+
+@dataclass
+class _Client:
+    id: int
+    comm: Any
+    box: mpi.Mailbox
+    bell: Bell
+    who: str
+    last_contact: float
+
+
+class Server:
+    """Rank 0 of a colocate world.
+
+    Args:
+        comm: the world communicator.
+        cfg: the effective configuration.
+        listener: the bell listening socket (already open).
+        address: what goes into the address file (port name, bell address, token).
+        worker_bells: ``{rank: Bell}`` for every worker rank, connected during set-up.
+        expect_clients: stop once this many clients have connected and all have left.
+    """
+
+    def __init__(self, comm: Any, cfg: dict, listener: Any, address: Address,
+                 worker_bells: dict[int, Bell], expect_clients: int | None = None) -> None:
+        srv = cfg["server"]
+        self.comm = comm
+        self.cfg = cfg
+        self.box = mpi.Mailbox(comm)
+        self.listener = listener
+        self.address = address
+        self.worker_bells = worker_bells
+        self.worker_contact = {rank: 0.0 for rank in worker_bells}
+        self.clients: dict[int, _Client] = {}
+        self.next_client = 1
+        self.backoff = Backoff.from_config(srv)
+        self.sched = S.Scheduler(srv["prefetch"], srv["prefetch_below"],
+                                 srv["heartbeat_timeout"], cfg["tasks"]["timeout"])
+        self.heartbeat = srv["heartbeat"]
+        self.drain_grace = srv["drain_grace"]
+        self.max_inflight = cfg["client"]["max_inflight"]
+        self.drain_deadline: float | None = None
+        self.stop_now = False
+        self.exiting = False
+        self.signals = 0
+        self.started = time.time()
+        self.expect_clients = expect_clients
+        self.clients_seen = 0
+
+    # ----- signals -------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT drain; a second SIGINT stops at once."""
+        def on_signal(signum: int, frame: Any) -> None:
+            self.signals += 1
+            if signum == signal.SIGINT and self.signals > 1:
+                self.stop_now = True
+            elif self.drain_deadline is None:
+                self.drain_deadline = time.monotonic() + self.drain_grace
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    # ----- loop ----------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until drained or stopped, then shut every worker down."""
+        last_tick = time.monotonic()
+        draining = False
+        try:
+            while not self.exiting and not self.stop_now:
+                if self.drain_deadline is not None and not draining:
+                    draining = True
+                    log.info("draining: no new tasks; running ones have %g s to finish",
+                             self.drain_grace)
+                    self._apply(S.DrainRequested())
+                    continue
+                if draining and time.monotonic() > self.drain_deadline:
+                    self.drain_deadline = float("inf")
+                    log.warning("drain grace period over: cutting off running tasks")
+                    self._apply(S.DrainDeadline())
+                busy = self._poll_workers() | self._poll_clients()
+                now = time.monotonic()
+                if busy:
+                    self.backoff.active(now)
+                if now - last_tick > self.heartbeat:
+                    last_tick = now
+                    self._apply(S.Tick(now))
+                self._wait(self.backoff.delay(now))
+        finally:
+            self._shutdown()
+
+    def _wait(self, delay: float) -> None:
+        fds = [self.listener, *self.worker_bells.values(), *(c.bell for c in self.clients.values())]
+        try:
+            ready, _, _ = select.select(fds, [], [], delay)
+        except InterruptedError:
+            return
+        if delay == 0.0 and not ready:
+            os.sched_yield()
+        for fd in ready:
+            if fd is self.listener:
+                self._new_connection()
+            elif not fd.drain():
+                self._bell_closed(fd)
+            else:
+                self.backoff.active()
+
+    def _poll_workers(self) -> bool:
+        got = self.box.poll()
+        if got is None:
+            return False
+        now = time.monotonic()
+        while got is not None:
+            rank, msg = got
+            self.worker_contact[rank] = now
+            kind = type(msg)
+            if kind is Done:
+                self._apply(S.WorkerDone(rank, msg.outcomes, now))
+            elif kind is Heartbeat:
+                self._apply(S.HeardFrom(rank, now))
+            elif kind is WorkerHello:
+                log.info("worker rank %d on %s, cores %s, sandbox %s", rank, msg.node,
+                         list(msg.cores), msg.detail.get("sandbox"))
+                self._apply(S.WorkerJoined(rank, msg.node, msg.cores, msg.memory_budget, now))
+            got = self.box.poll()
+        return True
+
+    def _poll_clients(self) -> bool:
+        busy = False
+        for client in list(self.clients.values()):
+            got = client.box.poll()
+            while got is not None:
+                busy = True
+                client.last_contact = time.monotonic()
+                self._client_message(client, got[1])
+                if client.id not in self.clients:
+                    break
+                got = client.box.poll()
+        return busy
+
+    def _client_message(self, client: _Client, msg: Any) -> None:
+        kind = type(msg)
+        if kind is Submit:
+            self._apply(S.Submitted(client.id, msg.tasks))
+        elif kind is Cancel:
+            self._apply(S.CancelRequested(client.id, msg.ids))
+        elif kind is StatusRequest:
+            self._to_client(client, StatusReply(self.status()))
+        elif kind is StopRequest:
+            log.info("stop requested by client %d (%s)", client.id, client.who)
+            if msg.drain:
+                if self.drain_deadline is None:
+                    self.drain_deadline = time.monotonic() + self.drain_grace
+            else:
+                self.stop_now = True
+        elif kind is Bye:
+            self._drop_client(client, "said goodbye")
+        elif kind is Hello:
+            pass   # already checked on the bell; nothing to do
+        else:
+            log.error("client %d sent an unexpected %s; ignored", client.id, kind.__name__)
+
+    # ----- instructions --------------------------------------------------------------------------
+    def _apply(self, event: S.Event) -> None:
+        for ins in self.sched.handle(event):
+            kind = type(ins)
+            if kind is S.SendWork:
+                self._to_worker(ins.rank, Dispatch(ins.work))
+            elif kind is S.Deliver:
+                client = self.clients.get(ins.client)
+                if client is not None:
+                    self._to_client(client, Results(ins.results))
+            elif kind is S.CutOff:
+                self._to_worker(ins.rank, KillRunning(int(ins.status)))
+            elif kind is S.ForgetWorker:
+                log.error("worker lost: %s", ins.reason)
+                bell = self.worker_bells.pop(ins.rank, None)
+                if bell is not None:
+                    bell.close()
+            elif kind is S.Exit:
+                log.info("drained: every task has finished")
+                self.exiting = True
+
+    def _to_worker(self, rank: int, msg: Any) -> None:
+        self.box.send(msg, rank)
+        now = time.monotonic()
+        if now - self.worker_contact.get(rank, 0.0) > self.backoff.hot:
+            bell = self.worker_bells.get(rank)
+            if bell is not None:
+                bell.ring()
+        self.worker_contact[rank] = now
+
+    def _to_client(self, client: _Client, msg: Any) -> None:
+        client.box.send(msg, 0)
+        now = time.monotonic()
+        if now - client.last_contact > self.backoff.hot:
+            client.bell.ring()
+        client.last_contact = now
+
+    # ----- connections ---------------------------------------------------------------------------
+    def _new_connection(self) -> None:
+        try:
+            bell, hello = answer(self.listener, self.address.token)
+        except (BlockingIOError, InterruptedError):
+            return
+        if bell is None:
+            log.warning("%s", hello)
+            return
+        if hello.get("role") != "client":
+            log.warning("refused a %r connection after start-up", hello.get("role"))
+            bell.close()
+            return
+        if self.drain_deadline is not None:
+            bell.close()
+            log.info("refused a client: the server is draining")
+            return
+        intercomm = mpi.accept(self.address.port)
+        who = f"pid {hello.get('pid')} on {hello.get('host')}"
+        client = _Client(self.next_client, intercomm, mpi.Mailbox(intercomm), bell, who,
+                         time.monotonic())
+        self.next_client += 1
+        self.clients_seen += 1
+        self.clients[client.id] = client
+        self._apply(S.ClientJoined(client.id))
+        limit = self.max_inflight or max(256, 64 * max(1, self.sched.slots))
+        client.box.send(Welcome(client.id, self.sched.slots, limit), 0)
+        log.info("client %d connected (%s)", client.id, who)
+
+    def _bell_closed(self, bell: Bell) -> None:
+        for rank, b in list(self.worker_bells.items()):
+            if b is bell:
+                self._apply(S.WorkerLost(rank, f"worker rank {rank} exited (its bell closed)"))
+                return
+        for client in list(self.clients.values()):
+            if client.bell is bell:
+                self._drop_client(client, "disconnected")
+                return
+
+    def _drop_client(self, client: _Client, why: str) -> None:
+        self.clients.pop(client.id, None)
+        self._apply(S.ClientLeft(client.id))
+        client.box.flush(timeout=1.0)
+        client.box.cancel_pending()
+        mpi.disconnect(client.comm)
+        client.bell.close()
+        log.info("client %d %s", client.id, why)
+        if (self.expect_clients is not None and self.clients_seen >= self.expect_clients
+                and not self.clients):
+            log.info("every embedded client has left: stopping")
+            self.stop_now = True
+
+    def _shutdown(self) -> None:
+        for client in list(self.clients.values()):
+            try:
+                self._to_client(client, Bye("the server is stopping"))
+                client.box.flush(timeout=2.0)
+            finally:
+                self._drop_client(client, "closed: the server is stopping")
+        for rank in list(self.worker_bells):
+            self._to_worker(rank, Shutdown())
+        self.box.flush(timeout=5.0)
+
+    # ----- reporting -----------------------------------------------------------------------------
+    def status(self) -> dict:
+        """What ``colocate status`` shows."""
+        snap = self.sched.snapshot()
+        snap.update({"uptime": time.time() - self.started, "clients_connected": len(self.clients),
+                     "address": self.address.path})
+        return snap
+

@@ -1,0 +1,168 @@
+"""A worker rank's loop: relay work from rank 0 to the executor child and outcomes back.
+
+The rank itself never runs user code (unless ``executor.isolation: inline``). It reads
+``Dispatch`` batches from rank 0, hands them to its warm child, and sends ``Done`` batches back.
+While the child computes, the rank sleeps in ``select`` on the child's pipe and its bell, so it
+does not compete with the child for the core. It enforces task timeouts (killing the child),
+turns child deaths into ``CRASHED``/``MEMORY`` outcomes, and restarts the child at once.
+
+Reads: ``Dispatch``, ``KillRunning``, ``Shutdown`` from rank 0; outcomes from the child.
+Writes: ``WorkerHello``, ``Done``, ``Heartbeat`` to rank 0; work batches to the child.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from typing import Any
+
+from . import comm as mpi
+from ._child import run_work
+from .bell import Bell
+from .executor import ChildDied, ExecutorProcess
+from .idle import Backoff
+from .messages import (
+    Dispatch,
+    Done,
+    Heartbeat,
+    KillRunning,
+    Outcome,
+    Shutdown,
+    Status,
+    WorkerHello,
+    dumps,
+)
+
+log = logging.getLogger("colocate.worker")
+
+
+class Worker:
+    """State and loop of one worker rank.
+
+    Args:
+        comm: the world communicator (rank 0 is the scheduler).
+        bell: this rank's bell to rank 0.
+        place: ``{"node", "cores", "memory_budget", "detail"}`` from the world set-up.
+        cfg: the effective configuration.
+    """
+
+    def __init__(self, comm: Any, bell: Bell, place: dict, cfg: dict) -> None:
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.box = mpi.Mailbox(comm)
+        self.bell = bell
+        self.place = place
+        self.cfg = cfg
+        self.backoff = Backoff.from_config(cfg["server"])
+        self.heartbeat = cfg["server"]["heartbeat"]
+        self.fn_store: dict[bytes, bytes] = {}
+        self.inline = cfg["executor"]["isolation"] == "inline"
+        self.inline_cache: dict = {}
+        self.child: ExecutorProcess | None = None
+        self.last_sent = time.monotonic()
+        self.running = True
+
+    # ----- set-up --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the warm executor child and introduce this rank to the scheduler."""
+        co = self.cfg["co_location"]
+        if not self.inline:
+            settings = {
+                "cores": list(self.place["cores"]) if co["pinning"] else None,
+                "priority": co["priority"],
+                "threads": len(self.place["cores"]),
+            }
+            self.child = ExecutorProcess(settings, self.place.get("cgroup"))
+            self.child.start()
+            self.place["detail"]["sandbox"] = self.child.sandbox
+        self._send(WorkerHello(self.rank, self.place["node"], tuple(self.place["cores"]),
+                               self.place["memory_budget"], self.place["detail"]))
+
+    # ----- loop ----------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until rank 0 says ``Shutdown`` or disappears."""
+        self.start()
+        try:
+            while self.running:
+                self._step()
+        finally:
+            if self.child is not None:
+                self.child.kill()
+            self.box.flush(timeout=2.0)
+
+    def _step(self) -> None:
+        got = self.box.poll()
+        while got is not None:
+            self._handle(got[1])
+            if not self.running:
+                return
+            got = self.box.poll()
+        child = self.child
+        now = time.monotonic()
+        if child is not None and child.busy:
+            deadline = child.deadline()
+            wait = self.backoff.cold if deadline is None else min(self.backoff.cold,
+                                                                   deadline - now)
+            ready, _, _ = select.select([child.from_child, self.bell], [], [], max(0.0, wait))
+            if child.from_child in ready:
+                try:
+                    self._send(Done(child.collect()))
+                except ChildDied as died:
+                    log.warning("rank %d: %s; starting a new executor", self.rank, died)
+                    self._send(Done(child.fail_held(died)))
+                self.backoff.active()
+            elif deadline is not None and time.monotonic() >= deadline:
+                timeout = child.held[0][0].timeout
+                log.warning("rank %d: task exceeded its %g s timeout; killing executor %s",
+                            self.rank, timeout, child.pid)
+                self._send(Done(child.cut_off(Status.TIMEOUT, dumps(timeout))))
+            if self.bell in ready:
+                self._check_bell()
+        else:
+            delay = self.backoff.delay(now)
+            if delay == 0.0:
+                os.sched_yield()
+            else:
+                ready, _, _ = select.select([self.bell], [], [], delay)
+                if ready:
+                    self._check_bell()
+        if time.monotonic() - self.last_sent > self.heartbeat:
+            self._send(Heartbeat())
+
+    def _check_bell(self) -> None:
+        if self.bell.drain():
+            self.backoff.active()
+        else:
+            log.error("rank %d: rank 0 is gone (its bell closed); exiting", self.rank)
+            self.running = False
+
+    def _handle(self, msg: Any) -> None:
+        self.backoff.active()
+        kind = type(msg)
+        if kind is Dispatch:
+            for work in msg.work:
+                if work.fn_bytes is not None:
+                    self.fn_store[work.fn_hash] = work.fn_bytes
+            if self.inline:
+                self._send(Done([self._run_inline(w) for w in msg.work]))
+            else:
+                self.child.send(msg.work, self.fn_store)
+        elif kind is KillRunning:
+            if self.child is not None and self.child.busy:
+                self._send(Done(self.child.cut_off(Status(msg.status),
+                                                   dumps("cut off by the drain"))))
+        elif kind is Shutdown:
+            self.running = False
+        else:
+            log.error("rank %d: unexpected message %r", self.rank, kind.__name__)
+
+    def _run_inline(self, work) -> Outcome:
+        if work.fn_bytes is None:
+            work = work._replace(fn_bytes=self.fn_store[work.fn_hash])
+        return run_work(work, self.inline_cache, {})
+
+    def _send(self, msg: Any) -> None:
+        self.box.send(msg, 0)
+        self.last_sent = time.monotonic()

@@ -1,0 +1,173 @@
+"""Setting up a colocate world: check the launch, place workers on spare cores, connect bells.
+
+``serve`` is what every rank of ``mpiexec -n N colocate serve`` runs. Rank 0 opens the MPI port
+and the bell listener, every worker rank finds its spare core(s) on its node and rings in, then
+rank 0 writes the address file and both sides enter their loops. Embedding (``colocate.embed``)
+uses the same pieces on a sub-communicator.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import bell as bells
+from . import comm as mpi
+from .address import Address
+from .errors import ConfigError
+
+log = logging.getLogger("colocate")
+
+WORKER_RING_TIMEOUT = 120.0   # seconds rank 0 waits for every worker to ring in
+
+
+def setup_logging(level: str, rank: int) -> None:
+    """Log to stderr, each line headed by the rank (``COLOCATE_LOG`` overrides the level)."""
+    level = os.environ.get("COLOCATE_LOG", level).upper()
+    root = logging.getLogger("colocate")
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s colocate[rank {rank}] %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(level if level in logging._nameToLevel else "INFO")
+
+
+def node_name(cfg: dict) -> str:
+    """This rank's node name (config ``co_location.node_name``, else what MPI says)."""
+    return cfg["co_location"]["node_name"] or mpi.processor_name()
+
+
+def plan_places(cfg: dict, names: list[str], rank: int, spare: list[int],
+                workers: list[int]) -> list[int]:
+    """The cores of worker ``rank``: its turn among the workers on its node, over the spares.
+
+    Args:
+        names: node name of every rank (index = rank).
+        spare: the spare cores of this node.
+        workers: the ranks that are workers (all but the scheduler).
+    """
+    mine = names[rank]
+    local = [r for r in workers if names[r] == mine]
+    i = local.index(rank)
+    if not spare:
+        raise ConfigError("no spare core on this node: co_location.spare_cores selected none; "
+                          "name the cores to use (e.g. '1-3') or check the host job's "
+                          "placement with `colocate info`", key="co_location.spare_cores")
+    if len(local) > len(spare) and i == len(spare):
+        log.warning("%d worker ranks on %s share %d spare core(s) %s: start fewer ranks per "
+                    "node for one core each", len(local), mine, len(spare), spare)
+    return [spare[i % len(spare)]]
+
+
+def memory_budget(setting: Any) -> int:
+    """Bytes of this node's memory that functions may use (a fraction of available, or a size)."""
+    import psutil
+
+    from .colocation.units import parse_size
+    available = psutil.virtual_memory().available
+    if isinstance(setting, float) and 0 < setting <= 1:
+        return int(available * setting)
+    return parse_size(setting)
+
+
+def spare_cores(cfg: dict) -> tuple[list[int], str]:
+    """This node's spare cores and how they were found."""
+    from .colocation.spare import discover_spare_cores
+    found = discover_spare_cores(cfg["co_location"], own_pids=[os.getpid()])
+    return list(found.cores), found.source
+
+
+def serve(cfg: dict, address_file: str | None, comm: Any = None,
+          on_ready: Callable[[Address], None] | None = None,
+          expect_clients: int | None = None) -> int:
+    """Run this rank's part of ``colocate serve``; returns the exit code.
+
+    Args:
+        cfg: the effective configuration.
+        address_file: where rank 0 writes the address (``None``: write none).
+        comm: the world's communicator (default ``COMM_WORLD``; a sub-communicator when embedded).
+        on_ready: called on rank 0 with the address once every worker has rung in.
+        expect_clients: stop once this many clients have come and gone (embedding).
+    """
+    if comm is None:
+        comm, rank, size = mpi.world()
+    else:
+        rank, size = comm.Get_rank(), comm.Get_size()
+    setup_logging(cfg["server"]["log_level"], rank)
+    if size < 2:
+        raise ConfigError(
+            f"found {size} rank, needs at least 2: rank 0 schedules and ranks 1..N-1 run "
+            "tasks; start it as `mpiexec -n N colocate serve` with N >= 2")
+    names = mpi.allgather(comm, node_name(cfg))
+    workers = list(range(1, size))
+    if rank == 0:
+        host = "127.0.0.1" if len(set(names)) == 1 and cfg["server"]["bind"] == "auto" else (
+            mpi.host_address(cfg["server"]["bind"]))
+        listener = bells.listen(host)
+        port = mpi.open_port()
+        address = Address.new(port, host, listener.getsockname()[1], size, address_file or "")
+        comm.bcast(address, root=0)
+        worker_bells = _collect_worker_bells(listener, address.token, size - 1)
+        from .server import Server
+        server = Server(comm, cfg, listener, address, worker_bells, expect_clients)
+        if expect_clients is None:
+            server.install_signal_handlers()
+        if address_file:
+            address.write()
+        if on_ready is not None:
+            on_ready(address)
+        log.info("serving %d worker rank(s); address %s", size - 1, address.path or "(embedded)")
+        try:
+            server.run()
+        finally:
+            if address_file:
+                address.remove()
+            mpi.close_port(port)
+            listener.close()
+        log.info("stopped")
+        return 0
+    address = comm.bcast(None, root=0)
+    spare, source = spare_cores(cfg)
+    cores = plan_places(cfg, names, rank, spare, workers)
+    place = {"node": names[rank], "cores": cores,
+             "memory_budget": memory_budget(cfg["co_location"]["memory_budget"]),
+             "detail": {"spare": spare, "source": source, "pid": os.getpid()}}
+    bell = bells.ring_up(address.host, address.bell_port,
+                         {"token": address.token, "role": "worker", "rank": rank})
+    if expect_clients is None:
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)    # rank 0 decides when workers stop
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from .worker import Worker
+    Worker(comm, bell, place, cfg).run()
+    return 0
+
+
+def _collect_worker_bells(listener: Any, token: str, count: int) -> dict[int, bells.Bell]:
+    got: dict[int, bells.Bell] = {}
+    deadline = time.monotonic() + WORKER_RING_TIMEOUT
+    while len(got) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            missing = count - len(got)
+            raise TimeoutError(f"{missing} worker rank(s) did not ring in within "
+                               f"{WORKER_RING_TIMEOUT:g} s; see their error output")
+        ready, _, _ = select.select([listener], [], [], left)
+        if not ready:
+            continue
+        bell, hello = bells.answer(listener, token)
+        if bell is None:
+            log.warning("%s", hello)
+        elif hello.get("role") == "worker":
+            got[int(hello["rank"])] = bell
+        else:
+            log.info("a client rang before the world was ready; it will retry")
+            bell.close()
+    return got
