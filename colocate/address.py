@@ -1,6 +1,6 @@
 """The address file: how clients find and prove themselves to a running server.
 
-JSON with the MPI port name, the bell socket's host and port, a random token, and the server's
+JSON with the listening socket's host and port, a random token, and the server's
 pid, host and world size. Written atomically with mode 0600 (the token is the only credential:
 whoever can read the file can submit code), removed when the server exits.
 """
@@ -22,7 +22,6 @@ FORMAT = 1
 class Address:
     """A server's address."""
 
-    port: str
     host: str
     bell_port: int
     token: str
@@ -33,9 +32,9 @@ class Address:
     format: int = FORMAT
 
     @classmethod
-    def new(cls, port: str, host: str, bell_port: int, size: int, path: str) -> Address:
+    def new(cls, host: str, bell_port: int, size: int, path: str) -> Address:
         """A fresh address with a new random token."""
-        return cls(port, host, bell_port, secrets.token_hex(32), os.getpid(),
+        return cls(host, bell_port, secrets.token_hex(32), os.getpid(),
                    socket.gethostname(), size, os.path.abspath(path))
 
     def write(self) -> None:

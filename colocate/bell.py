@@ -1,4 +1,4 @@
-"""Bells: a TCP socket beside each MPI link, used to wake a sleeping peer and to see it die.
+"""Bells: a TCP socket beside each MPI link, to wake a sleeping peer and to see it die.
 
 MPI has no wait that leaves the core alone, so an idle rank sleeps in ``select`` on its bells
 instead. Whoever sends an MPI message to a peer that may be asleep also rings its bell (one byte);
@@ -6,7 +6,8 @@ the peer wakes at once, polls MPI hot, and goes back to sleep when quiet. End of
 means the peer's process is gone: a lost worker or client is noticed immediately, not after a
 heartbeat timeout.
 
-The handshake on the server's listening socket is one JSON line each way: the peer sends
+Clients use the same listening socket and handshake, then keep the socket as their data link
+(:mod:`colocate.stream`). The handshake is one JSON line each way: the peer sends
 ``{"token": ..., "role": "client" | "worker", ...}``, the server answers ``{"ok": true}`` or
 ``{"ok": false, "reason": ...}`` and closes. Nothing reaches MPI before the token is checked.
 """
@@ -72,9 +73,11 @@ def _send_line(sock: socket.socket, obj: dict) -> None:
 
 
 def _read_line(sock: socket.socket, limit: int = 65536) -> dict:
-    buf = b""
+    # One byte at a time: the peer's first frames may follow the line in the same packet, and
+    # they belong to whoever uses the socket next. The line is short and read once.
+    buf = bytearray()
     while not buf.endswith(b"\n"):
-        chunk = sock.recv(4096)
+        chunk = sock.recv(1)
         if not chunk:
             raise ConnectionError("the peer closed the connection during the handshake")
         buf += chunk
@@ -93,8 +96,11 @@ def listen(host: str) -> socket.socket:
     return ls
 
 
-def ring_up(host: str, port: int, hello: dict[str, Any], timeout: float = 10.0) -> Bell:
-    """Connect to a server's bell socket and complete the handshake.
+def ring_up(host: str, port: int, hello: dict[str, Any], timeout: float = 10.0) -> socket.socket:
+    """Connect to a server's listening socket and complete the handshake.
+
+    Returns the connected socket: a worker wraps it in a :class:`Bell`, a client in a
+    :class:`~colocate.stream.Stream`.
 
     Raises:
         ConnectionRefusedError, OSError: nobody listens there.
@@ -110,13 +116,13 @@ def ring_up(host: str, port: int, hello: dict[str, Any], timeout: float = 10.0) 
     if not answer.get("ok"):
         sock.close()
         raise PermissionError(answer.get("reason", "refused"))
-    return Bell(sock)
+    return sock
 
 
-def answer(listener: socket.socket, token: str) -> tuple[Bell, dict] | tuple[None, str]:
+def answer(listener: socket.socket, token: str) -> tuple[socket.socket, dict] | tuple[None, str]:
     """Take one waiting connection and check its token.
 
-    Returns ``(bell, hello)`` for an accepted peer, or ``(None, why)`` when it was refused (the
+    Returns ``(socket, hello)`` for an accepted peer, or ``(None, why)`` when it was refused (the
     connection is closed then, and nothing else happens).
     """
     sock, addr = listener.accept()
@@ -134,4 +140,4 @@ def answer(listener: socket.socket, token: str) -> tuple[Bell, dict] | tuple[Non
     except (OSError, ValueError, ConnectionError) as e:
         sock.close()
         return None, f"connection from {who} dropped during the handshake: {e}"
-    return Bell(sock), hello
+    return sock, hello

@@ -3,12 +3,12 @@
 Data flow (one ``Connection`` per executor, shared by its ``options()`` views)::
 
     caller thread                      connection thread                    rank 0
-    submit(): pickle fn + args ──► outbox ──► Submit batches ──MPI──► scheduler
-    Future (pending/running) ◄──── results: unpickle, set futures ◄──MPI── Results batches
+    submit(): pickle fn + args ──► outbox ──► Submit batches ──TCP──► scheduler
+    Future (pending/running) ◄──── results: unpickle, set futures ◄──TCP── Results batches
 
-The caller thread pickles (so a bad argument fails its own future at once) and never touches
-MPI; the connection thread owns the intercommunicator. It sleeps in ``select`` on the server's
-bell and a wake-up pipe when idle, and polls hot only while work is in flight. ``submit`` waits
+The caller thread pickles (so a bad argument fails its own future at once); the connection
+thread owns the socket (:mod:`colocate.stream`; clients need no MPI). It sleeps in ``select`` on
+the socket and a wake-up pipe, so a client costs no CPU while it waits. ``submit`` waits
 when the client has ``4 x max_inflight`` tasks outstanding (backpressure), except from inside a
 future's callback, where waiting could deadlock.
 """
@@ -43,13 +43,12 @@ from .errors import (
     WorkerCrashed,
     WorkerLost,
 )
-from .idle import Backoff
 from .messages import (
     Bye,
     Cancel,
     FunctionPickler,
-    Results,
     ResultMsg,
+    Results,
     Status,
     StatusReply,
     StatusRequest,
@@ -63,6 +62,7 @@ from .messages import (
     loads,
     with_remote_traceback,
 )
+from .stream import Stream
 
 log = logging.getLogger("colocate.client")
 
@@ -75,21 +75,18 @@ class Future(cf.Future):
 
 
 class Connection:
-    """One client connection to a server: intercommunicator, bell, and the thread that owns them.
+    """One client connection to a server: the socket stream and the thread that owns it.
 
     Args:
         address: the server's address (from its address file).
-        hot, warm_max, cold_after, cold: idle-wait settings (see ``defaults.yaml``).
     """
 
-    def __init__(self, address: addr.Address, backoff: Backoff) -> None:
-        from . import comm as mpi
-        self.mpi = mpi
+    def __init__(self, address: addr.Address) -> None:
         self.address = address
         try:
-            self.bell = ring_up(address.host, address.bell_port,
-                                {"token": address.token, "role": "client", "pid": os.getpid(),
-                                 "host": socket.gethostname()})
+            sock = ring_up(address.host, address.bell_port,
+                           {"token": address.token, "role": "client", "pid": os.getpid(),
+                            "host": socket.gethostname()})
         except PermissionError as e:
             raise AuthenticationError(f"the server at {address.path} refused us: {e}") from None
         except OSError as e:
@@ -97,13 +94,11 @@ class Connection:
                 f"no server answers at {address.host}:{address.bell_port} (address file "
                 f"{address.path}, written by pid {address.pid} on {address.server_host}): "
                 f"{e}. The server may have stopped; start it again or fix the path.") from None
-        self.comm = mpi.connect(address.port)
-        self.box = mpi.Mailbox(self.comm)
+        self.stream = Stream(sock)
         welcome = self._await(Welcome, timeout=60.0)
         self.client_id = welcome.client_id
         self.slots = welcome.slots
         self.max_inflight = welcome.max_inflight
-        self.backoff = backoff
         self.pickle_fn = FunctionPickler()
         self.sent_fns: set[bytes] = set()
         self.lock = threading.Lock()
@@ -214,60 +209,63 @@ class Connection:
     def _await(self, kind: type, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            got = self.box.poll()
-            if got is not None:
-                if isinstance(got[1], kind):
-                    return got[1]
-                raise ServerUnavailable(f"unexpected first message from the server: {got[1]!r}")
-            ready, _, _ = select.select([self.bell], [], [], 0.001)
-            if ready and not self.bell.drain():
+            select.select([self.stream], [], [], deadline - time.monotonic())
+            got = self.stream.receive()
+            if got:
+                if isinstance(got[0], kind) and len(got) == 1:
+                    return got[0]
+                raise ServerUnavailable(f"unexpected first message from the server: {got[0]!r}")
+            if self.stream.closed:
                 raise ServerUnavailable("the server closed the connection while we connected")
         raise ServerUnavailable(f"the server did not welcome us within {timeout:g} s")
 
     def _run(self) -> None:
         try:
             while True:
-                busy = self._send_queued()
-                busy |= self._receive()
-                now = time.monotonic()
-                if busy:
-                    self.backoff.active(now)
+                self._send_queued()
                 with self.lock:
                     done = self.closing and not self.outbox and not self.inflight
                 if done:
-                    self.box.send(Bye("client shutdown"), 0)
-                    self.box.flush(timeout=2.0)
+                    self.stream.send(Bye("client shutdown"))
+                    self._flush(timeout=2.0)
                     break
-                self._sleep(self.backoff.delay(now))
+                self._wait()
         except BaseException as e:   # noqa: BLE001 - every failure must reach the futures
             self._break(e if isinstance(e, BrokenWorld) else BrokenWorld(
                 f"the connection thread failed: {type(e).__name__}: {e}"))
         finally:
-            self.mpi.disconnect(self.comm)
-            self.bell.close()
+            self.stream.close()
             for fd in (self.wake_r, self.wake_w):
                 os.close(fd)
 
-    def _sleep(self, delay: float) -> None:
+    def _wait(self) -> None:
+        """Sleep until the server sends something, the caller queues work, or output drains."""
         with self.lock:
-            if self.outbox or self.control or self.closing and not self.inflight:
+            if self.control or (self.outbox and len(self.inflight) < self.max_inflight):
                 return
-            self.sleeping = delay > 0
-        if delay == 0.0:
-            os.sched_yield()
-            ready = select.select([self.bell], [], [], 0)[0]
-        else:
-            ready = select.select([self.bell, self.wake_r], [], [], delay)[0]
+            self.sleeping = True
+        writers = [self.stream] if self.stream.pending else []
+        ready, writable, _ = select.select([self.stream, self.wake_r], writers, [], 1.0)
         self.sleeping = False
+        if writable:
+            self.stream.flush()
         if self.wake_r in ready:
             try:
                 os.read(self.wake_r, 4096)
             except BlockingIOError:
                 pass
-        if self.bell in ready and not self.bell.drain():
+        if self.stream in ready:
+            self._receive()
+        if self.stream.closed:
             raise BrokenWorld("the server closed the connection (it stopped or crashed)")
 
-    def _send_queued(self) -> bool:
+    def _flush(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.stream.pending and not self.stream.closed and time.monotonic() < deadline:
+            select.select([], [self.stream], [], max(0.0, deadline - time.monotonic()))
+            self.stream.flush()
+
+    def _send_queued(self) -> None:
         with self.lock:
             control, self.control = list(self.control), deque()
             room = self.max_inflight - len(self.inflight)
@@ -282,22 +280,12 @@ class Connection:
                 batch.append(msg)
                 room -= 1
         for msg in control:
-            self._send(msg)
+            self.stream.send(msg)
         if batch:
-            self._send(Submit(batch))
-        return bool(batch or control)
+            self.stream.send(Submit(batch))
 
-    def _send(self, msg: Any) -> None:
-        self.box.send(msg, 0)
-        if time.monotonic() - self.backoff.last > self.backoff.hot:
-            self.bell.ring()
-
-    def _receive(self) -> bool:
-        got = self.box.poll()
-        busy = False
-        while got is not None:
-            busy = True
-            msg = got[1]
+    def _receive(self) -> None:
+        for msg in self.stream.receive():
             if type(msg) is Results:
                 self._complete(msg.results)
             elif type(msg) is Bye:
@@ -306,15 +294,13 @@ class Connection:
                 with self.lock:
                     self.replies.append(msg)
                     self.reply_ready.notify_all()
-            got = self.box.poll()
-        return busy
 
     def _complete(self, results: list[ResultMsg]) -> None:
         with self.lock:
             futs = [self.inflight.pop(r.id) for r in results]
             self.outstanding -= len(results)
             self.room.notify_all()
-        for fut, res in zip(futs, results):
+        for fut, res in zip(futs, results, strict=True):
             fut.info = res.info
             try:
                 if res.status == Status.OK:
@@ -510,7 +496,7 @@ class Executor(cf.Executor):
                              f"{os.fspath(address)!r} has its own workers")
         where = address if isinstance(address, addr.Address) else addr.read(address)
         try:
-            self._conn = Connection(where, Backoff.from_config(cfg["server"]))
+            self._conn = Connection(where)
         except BaseException:
             if self._world is not None:
                 self._world.proc.terminate()
@@ -542,7 +528,7 @@ class Executor(cf.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         end = None if timeout is None else timeout + time.monotonic()
         ahead = buffersize or max(2 * self._conn.max_inflight // chunksize, 2)
-        calls = zip(*iterables)
+        calls = zip(*iterables)  # noqa: B905 - map stops at the shortest input, as the standard one
         if chunksize == 1:
             source = (self.submit(fn, *args) for args in calls)
         else:

@@ -1,8 +1,8 @@
 """The MPI layer: the only module that imports ``mpi4py.MPI``.
 
 It offers what the loops need and nothing more: non-blocking sends that never wait on a slow
-peer, a probe that returns at once, node grouping, and the port/connect handshake used by
-clients. Every blocking MPI call here is one whose peer is known to be present.
+peer, a probe that returns at once, and node grouping. Clients do not use MPI at all (see
+:mod:`colocate.stream`). Every blocking MPI call here is one whose peer is known to be present.
 """
 
 from __future__ import annotations
@@ -89,37 +89,6 @@ class Mailbox:
             except MPI.Exception:
                 pass
         self._pending = []
-
-
-def open_port() -> str:
-    """Open an MPI port for clients; returns its name."""
-    return MPI.Open_port()
-
-
-def close_port(port: str) -> None:
-    """Close a port opened by :func:`open_port`."""
-    try:
-        MPI.Close_port(port)
-    except MPI.Exception:
-        pass
-
-
-def accept(port: str) -> Any:
-    """Accept one client on ``port`` (blocking: call only when a client is known to connect)."""
-    return MPI.COMM_SELF.Accept(port)
-
-
-def connect(port: str) -> Any:
-    """Connect to a server's ``port``; returns the intercommunicator (server is rank 0)."""
-    return MPI.COMM_SELF.Connect(port)
-
-
-def disconnect(comm: Any) -> None:
-    """Disconnect an intercommunicator, ignoring a peer that is already gone."""
-    try:
-        comm.Disconnect()
-    except MPI.Exception:
-        pass
 
 
 def host_address(bind: str) -> str:

@@ -46,8 +46,7 @@ class TaskError(ColocateError):
 
 
 class WorkerCrashed(TaskError):
-    """The executor process running the task died (``os._exit``, a signal such as SIGSEGV or
-    SIGKILL).
+    """The executor process running the task died (``os._exit``, or a signal like SIGSEGV).
 
     The executor is restarted and the world keeps serving. ``exitcode`` is the exit status, or
     ``-signal`` for a signal. Look for the cause in the function (native code, ``os._exit``) or

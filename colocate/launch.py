@@ -281,7 +281,7 @@ def world_size(nodes: int, ranks_per_node: int) -> int:
     return _positive(nodes, "nodes") * _positive(ranks_per_node, "ranks_per_node") + 1
 
 
-# ----- mpiexec (no batch system, or inside any allocation) --------------------------------------
+# ----- mpiexec (no batch system, or inside any allocation) ---------------------------------------
 def mpiexec(cmd: Sequence[str], n: int, *, ppn: int | None = None,
             hosts: Sequence[str] = (), extra: Sequence[str] = (),
             mpiexec: str = "mpiexec") -> Cmd:
@@ -324,7 +324,7 @@ def local_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int],
     return mpiexec(inner, _positive(ranks, "ranks"), extra=extra, mpiexec=mpiexec_exe)
 
 
-# ----- Slurm ---------------------------------------------------------------------------------------
+# ----- Slurm -------------------------------------------------------------------------------------
 def slurm_host_step(host_cmd: Sequence[str], host_cores: Iterable[int], nodes: int,
                     ntasks_per_node: int, *, extra: Sequence[str] = (), srun: str = "srun",
                     name: str = "host") -> Cmd:
@@ -355,7 +355,11 @@ def slurm_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int], no
     """A job step that runs the colocate world on the spare cores of every node.
 
     Every rank is bound to all spare cores of its node (the world pins its executors to single
-    cores itself) and told them through ``COLOCATE_CO_LOCATION_SPARE_CORES``.
+    cores itself) and told them through ``COLOCATE_CO_LOCATION_SPARE_CORES``. Ranks are dealt
+    to the nodes in turn (``--distribution=cyclic``): rank 0 and ``ranks_per_node`` workers on
+    the first node, ``ranks_per_node`` workers on each other one. (Inside a job submitted with
+    ``--ntasks-per-node``, srun also reads ``SLURM_NTASKS_PER_NODE``; unset it for this step to
+    avoid srun's warning about it.)
 
     Args:
         serve_cmd: ``colocate serve ...`` (see ``serve_command``).
@@ -385,7 +389,7 @@ def slurm_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int], no
     bind = f"mask_cpu:{cpu_mask(spare)}"
     if launcher == "srun":
         out = [srun, "--overlap", f"--job-name={name}", f"--nodes={nodes}", f"--ntasks={size}",
-               "--overcommit", "--cpus-per-task=1"]
+               "--distribution=cyclic", "--overcommit", "--cpus-per-task=1"]
         if mpi:
             out.append(f"--mpi={mpi}")
         return [*out, f"--cpu-bind={bind}", *extra, *inner]
@@ -432,7 +436,7 @@ def slurm_signal_step(jobid: str | int, step: str | int, signal: str = "TERM") -
     return ["scancel", f"--signal={signal}", f"{jobid}.{step}"]
 
 
-# ----- PBS -------------------------------------------------------------------------------------
+# ----- PBS ---------------------------------------------------------------------------------------
 def pbs_hosts(nodefile_lines: Iterable[str]) -> list[str]:
     """Unique hosts of a ``$PBS_NODEFILE`` (one line per slot), in order of first appearance."""
     hosts = list(dict.fromkeys(line.strip() for line in nodefile_lines if line.strip()))
@@ -482,7 +486,7 @@ def pbs_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int],
                    mpiexec=mpiexec_exe)
 
 
-# ----- Flux ------------------------------------------------------------------------------------
+# ----- Flux --------------------------------------------------------------------------------------
 def flux_step(cmd: Sequence[str], nodes: int, tasks_per_node: int, *, submit: bool = False,
               cores_per_task: int = 1, extra: Sequence[str] = ()) -> Cmd:
     """``flux run|submit --nodes=N --tasks-per-node=K ... CMD`` with Flux's own binding off."""

@@ -1,7 +1,8 @@
 """Rank 0's loop: turn MPI messages, bells and signals into scheduler events, and back.
 
-Reads: ``WorkerHello``/``Done``/``Heartbeat`` from worker ranks; ``Hello``/``Submit``/``Cancel``/
-``StatusRequest``/``StopRequest``/``Bye`` from clients; new connections on the bell listener;
+Reads: ``WorkerHello``/``Done``/``Heartbeat`` from worker ranks (MPI); ``Submit``/``Cancel``/
+``StatusRequest``/``StopRequest``/``Bye`` from clients (their streams); new connections on the
+listening socket;
 SIGTERM/SIGINT. Writes: ``Dispatch``/``KillRunning``/``Shutdown`` to workers, ``Welcome``/
 ``Results``/``StatusReply``/``Bye`` to clients, and the address file.
 
@@ -31,7 +32,6 @@ from .messages import (
     Dispatch,
     Done,
     Heartbeat,
-    Hello,
     KillRunning,
     Results,
     Shutdown,
@@ -42,6 +42,7 @@ from .messages import (
     Welcome,
     WorkerHello,
 )
+from .stream import Stream
 
 log = logging.getLogger("colocate.server")
 
@@ -49,11 +50,8 @@ log = logging.getLogger("colocate.server")
 @dataclass
 class _Client:
     id: int
-    comm: Any
-    box: mpi.Mailbox
-    bell: Bell
+    stream: Stream
     who: str
-    last_contact: float
 
 
 class Server:
@@ -123,7 +121,7 @@ class Server:
                     self.drain_deadline = float("inf")
                     log.warning("drain grace period over: cutting off running tasks")
                     self._apply(S.DrainDeadline())
-                busy = self._poll_workers() | self._poll_clients()
+                busy = self._poll_workers()
                 now = time.monotonic()
                 if busy:
                     self.backoff.active(now)
@@ -135,16 +133,22 @@ class Server:
             self._shutdown()
 
     def _wait(self, delay: float) -> None:
-        fds = [self.listener, *self.worker_bells.values(), *(c.bell for c in self.clients.values())]
+        streams = [c.stream for c in self.clients.values()]
+        readers = [self.listener, *self.worker_bells.values(), *streams]
+        writers = [st for st in streams if st.pending]
         try:
-            ready, _, _ = select.select(fds, [], [], delay)
+            ready, writable, _ = select.select(readers, writers, [], delay)
         except InterruptedError:
             return
         if delay == 0.0 and not ready:
             os.sched_yield()
+        for st in writable:
+            st.flush()
         for fd in ready:
             if fd is self.listener:
                 self._new_connection()
+            elif isinstance(fd, Stream):
+                self._client_input(fd)
             elif not fd.drain():
                 self._bell_closed(fd)
             else:
@@ -170,18 +174,17 @@ class Server:
             got = self.box.poll()
         return True
 
-    def _poll_clients(self) -> bool:
-        busy = False
-        for client in list(self.clients.values()):
-            got = client.box.poll()
-            while got is not None:
-                busy = True
-                client.last_contact = time.monotonic()
-                self._client_message(client, got[1])
-                if client.id not in self.clients:
-                    break
-                got = client.box.poll()
-        return busy
+    def _client_input(self, stream: Stream) -> None:
+        client = next((c for c in self.clients.values() if c.stream is stream), None)
+        if client is None:
+            return
+        self.backoff.active()
+        for msg in stream.receive():
+            self._client_message(client, msg)
+            if client.id not in self.clients:
+                return
+        if stream.closed:
+            self._drop_client(client, "disconnected")
 
     def _client_message(self, client: _Client, msg: Any) -> None:
         kind = type(msg)
@@ -200,8 +203,6 @@ class Server:
                 self.stop_now = True
         elif kind is Bye:
             self._drop_client(client, "said goodbye")
-        elif kind is Hello:
-            pass   # already checked on the bell; nothing to do
         else:
             log.error("client %d sent an unexpected %s; ignored", client.id, kind.__name__)
 
@@ -236,39 +237,33 @@ class Server:
         self.worker_contact[rank] = now
 
     def _to_client(self, client: _Client, msg: Any) -> None:
-        client.box.send(msg, 0)
-        now = time.monotonic()
-        if now - client.last_contact > self.backoff.hot:
-            client.bell.ring()
-        client.last_contact = now
+        client.stream.send(msg)
 
     # ----- connections ---------------------------------------------------------------------------
     def _new_connection(self) -> None:
         try:
-            bell, hello = answer(self.listener, self.address.token)
+            sock, hello = answer(self.listener, self.address.token)
         except (BlockingIOError, InterruptedError):
             return
-        if bell is None:
+        if sock is None:
             log.warning("%s", hello)
             return
         if hello.get("role") != "client":
             log.warning("refused a %r connection after start-up", hello.get("role"))
-            bell.close()
+            sock.close()
             return
         if self.drain_deadline is not None:
-            bell.close()
+            sock.close()
             log.info("refused a client: the server is draining")
             return
-        intercomm = mpi.accept(self.address.port)
         who = f"pid {hello.get('pid')} on {hello.get('host')}"
-        client = _Client(self.next_client, intercomm, mpi.Mailbox(intercomm), bell, who,
-                         time.monotonic())
+        client = _Client(self.next_client, Stream(sock), who)
         self.next_client += 1
         self.clients_seen += 1
         self.clients[client.id] = client
         self._apply(S.ClientJoined(client.id))
         limit = self.max_inflight or max(256, 64 * max(1, self.sched.slots))
-        client.box.send(Welcome(client.id, self.sched.slots, limit), 0)
+        client.stream.send(Welcome(client.id, self.sched.slots, limit))
         log.info("client %d connected (%s)", client.id, who)
 
     def _bell_closed(self, bell: Bell) -> None:
@@ -276,18 +271,11 @@ class Server:
             if b is bell:
                 self._apply(S.WorkerLost(rank, f"worker rank {rank} exited (its bell closed)"))
                 return
-        for client in list(self.clients.values()):
-            if client.bell is bell:
-                self._drop_client(client, "disconnected")
-                return
 
     def _drop_client(self, client: _Client, why: str) -> None:
         self.clients.pop(client.id, None)
         self._apply(S.ClientLeft(client.id))
-        client.box.flush(timeout=1.0)
-        client.box.cancel_pending()
-        mpi.disconnect(client.comm)
-        client.bell.close()
+        client.stream.close()
         log.info("client %d %s", client.id, why)
         if (self.expect_clients is not None and self.clients_seen >= self.expect_clients
                 and not self.clients):
@@ -298,7 +286,7 @@ class Server:
         for client in list(self.clients.values()):
             try:
                 self._to_client(client, Bye("the server is stopping"))
-                client.box.flush(timeout=2.0)
+                _flush_blocking(client.stream, timeout=2.0)
             finally:
                 self._drop_client(client, "closed: the server is stopping")
         for rank in list(self.worker_bells):
@@ -313,3 +301,14 @@ class Server:
                      "address": self.address.path})
         return snap
 
+
+
+def _flush_blocking(stream: Stream, timeout: float) -> None:
+    """Push a stream's queued output out, waiting at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while stream.pending and not stream.closed:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        select.select([], [stream], [], left)
+        stream.flush()

@@ -165,4 +165,7 @@ class Worker:
 
     def _send(self, msg: Any) -> None:
         self.box.send(msg, 0)
-        self.last_sent = time.monotonic()
+        now = time.monotonic()
+        if now - self.last_sent > self.backoff.hot:   # rank 0 may be asleep: wake it
+            self.bell.ring()
+        self.last_sent = now

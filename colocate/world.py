@@ -1,7 +1,7 @@
 """Setting up a colocate world: check the launch, place workers on spare cores, connect bells.
 
-``serve`` is what every rank of ``mpiexec -n N colocate serve`` runs. Rank 0 opens the MPI port
-and the bell listener, every worker rank finds its spare core(s) on its node and rings in, then
+``serve`` is what every rank of ``mpiexec -n N colocate serve`` runs. Rank 0 opens the listening
+socket (bells and clients), every worker rank finds its spare core(s) on its node and rings in, then
 rank 0 writes the address file and both sides enter their loops. Embedding (``colocate.embed``)
 uses the same pieces on a sub-communicator.
 """
@@ -111,8 +111,7 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         host = "127.0.0.1" if len(set(names)) == 1 and cfg["server"]["bind"] == "auto" else (
             mpi.host_address(cfg["server"]["bind"]))
         listener = bells.listen(host)
-        port = mpi.open_port()
-        address = Address.new(port, host, listener.getsockname()[1], size, address_file or "")
+        address = Address.new(host, listener.getsockname()[1], size, address_file or "")
         comm.bcast(address, root=0)
         worker_bells = _collect_worker_bells(listener, address.token, size - 1)
         from .server import Server
@@ -129,7 +128,6 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         finally:
             if address_file:
                 address.remove()
-            mpi.close_port(port)
             listener.close()
         log.info("stopped")
         return 0
@@ -139,8 +137,8 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
     place = {"node": names[rank], "cores": cores,
              "memory_budget": memory_budget(cfg["co_location"]["memory_budget"]),
              "detail": {"spare": spare, "source": source, "pid": os.getpid()}}
-    bell = bells.ring_up(address.host, address.bell_port,
-                         {"token": address.token, "role": "worker", "rank": rank})
+    bell = bells.Bell(bells.ring_up(address.host, address.bell_port,
+                                    {"token": address.token, "role": "worker", "rank": rank}))
     if expect_clients is None:
         import signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)    # rank 0 decides when workers stop
@@ -162,12 +160,12 @@ def _collect_worker_bells(listener: Any, token: str, count: int) -> dict[int, be
         ready, _, _ = select.select([listener], [], [], left)
         if not ready:
             continue
-        bell, hello = bells.answer(listener, token)
-        if bell is None:
+        sock, hello = bells.answer(listener, token)
+        if sock is None:
             log.warning("%s", hello)
         elif hello.get("role") == "worker":
-            got[int(hello["rank"])] = bell
+            got[int(hello["rank"])] = bells.Bell(sock)
         else:
             log.info("a client rang before the world was ready; it will retry")
-            bell.close()
+            sock.close()
     return got

@@ -1,0 +1,686 @@
+"""The launchers' I/O side: ``python -m colocate.launch pin|plan|with``; supervises the steps.
+
+``colocate.launch`` builds command lines; this module reads the allocation (environment, CPU
+affinity, node files), turns it into a ``Plan`` (``make_plan``, pure), and runs it::
+
+    with SYSTEM BATCH -- HOST...       the launcher scripts in launchers/ exec this
+      1. start the host step            (host program on the host cores of every node)
+      2. start the colocate step        (colocate serve on the spare cores of every node)
+      3. wait, bounded, for the address file, then run `colocate run BATCH --address ...`
+      4. batch done     -> `colocate stop`, keep waiting for the host job
+         host done      -> drain colocate (SIGTERM to its step), wait, bounded, for the batch
+         warning signal -> (SIGTERM/SIGUSR1, e.g. from `#SBATCH --signal=B:TERM@120`) drain
+                           colocate; a second one ends everything at once
+      5. exit with the host's status if it failed, else the batch's (0 ok, 1 some tasks failed
+         or were interrupted, 2 invalid batch), 3 if the colocate world never came up
+
+The host job is never stopped by colocate: only a second warning signal or its own end does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from . import launch as L
+
+SYSTEMS = ("slurm", "pbs", "flux", "mpiexec")
+PROG = "python -m colocate.launch"
+
+# Exit status when the colocate world did not come up (the host job still ran to its end).
+EXIT_NO_WORLD = 3
+
+# Seconds between checks of the steps while supervising: short enough that a finished batch is
+# noticed at once, long enough to cost nothing next to the host job.
+POLL = 0.2
+
+
+def log(msg: str) -> None:
+    """Print one line of the supervisor's log to stderr (it goes to the job's output)."""
+    print(f"colocate-with: {msg}", file=sys.stderr, flush=True)
+
+
+# ----- what the allocation looks like ------------------------------------------------------------
+@dataclass(frozen=True)
+class Allocation:
+    """Facts about the allocation, read on its first node.
+
+    Attributes:
+        system: one of ``SYSTEMS``.
+        nodes: number of nodes.
+        hosts: their names where the launcher needs them (PBS), else empty.
+        allowed: CPUs this process may use on this node (the allocation's CPUs here).
+        siblings: ``{cpu: CPUs sharing its core}`` for SMT nodes, else empty.
+        jobid: the batch system's job id, or ``None``.
+        tasks_per_node: tasks per node the job asked for, if it said.
+        cpus_per_task: CPUs per task the job asked for (1 when it did not say).
+    """
+
+    system: str
+    nodes: int
+    allowed: tuple[int, ...]
+    hosts: tuple[str, ...] = ()
+    siblings: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    jobid: str | None = None
+    tasks_per_node: int | None = None
+    cpus_per_task: int = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user chose (options, else ``COLOCATE_*`` environment variables)."""
+
+    host_cores: str | None = None
+    host_ncores: int | None = None
+    host_tasks_per_node: int | None = None
+    spare_cores: str | None = None
+    ranks_per_node: int | None = None
+    address: str | None = None
+    config: str | None = None
+    slurm_mpi: str | None = "pmi2"
+    slurm_launcher: str = "srun"
+    host_signal: str | None = None
+    start_timeout: float = 120.0
+    stop_timeout: float = 90.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The commands of one co-located run, ready to start."""
+
+    system: str
+    split: L.CoreSplit
+    host_tasks_per_node: int
+    ranks_per_node: int
+    address: str
+    host: L.Cmd | None
+    serve: L.Cmd
+    run: L.Cmd | None
+    stop: L.Cmd
+    jobid: str | None = None
+    serve_step_name: str = "colocate"
+
+    def describe(self) -> str:
+        """One line for the log: where each part runs."""
+        host = (f"host cores {L.format_cpu_list(self.split.host)} "
+                f"({self.host_tasks_per_node} task(s)/node)" if self.split.host else "no host")
+        return (f"{self.system}: {host}; colocate on spare cores "
+                f"{L.format_cpu_list(self.split.spare)} ({self.ranks_per_node} worker rank(s)"
+                f"/node + rank 0); address {self.address}")
+
+
+def _int_env(environ: Mapping[str, str], name: str) -> int | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    # Slurm writes repeated counts like "4(x2)"; the first count is the one on this node.
+    head = raw.split("(")[0].split(",")[0]
+    try:
+        return int(head)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected an integer") from None
+
+
+def read_siblings(cpus: Sequence[int], sysfs: str = "/sys/devices/system/cpu") -> dict:
+    """``{cpu: SMT siblings}`` from sysfs; empty where it cannot be read."""
+    out: dict[int, tuple[int, ...]] = {}
+    for cpu in cpus:
+        try:
+            with open(f"{sysfs}/cpu{cpu}/topology/thread_siblings_list") as f:
+                sib = L.parse_cpu_list(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if len(sib) > 1:
+            out[cpu] = tuple(c for c in sib if c != cpu)
+    return out
+
+
+def gather(system: str, environ: Mapping[str, str]) -> Allocation:
+    """Read the allocation from the environment of its first node.
+
+    Raises:
+        ValueError: not inside a job of ``system``, or its variables are malformed.
+    """
+    allowed = tuple(sorted(os.sched_getaffinity(0)))
+    siblings = read_siblings(allowed)
+    if system == "slurm":
+        jobid = environ.get("SLURM_JOB_ID")
+        if not jobid:
+            raise ValueError("not inside a Slurm job (no SLURM_JOB_ID): submit the script with "
+                             "sbatch, or attach to a job with launchers/slurm/colocate-attach.sh")
+        nodes = _int_env(environ, "SLURM_JOB_NUM_NODES") or _int_env(environ, "SLURM_NNODES") or 1
+        return Allocation(system, nodes, allowed, siblings=siblings, jobid=jobid,
+                          tasks_per_node=_int_env(environ, "SLURM_NTASKS_PER_NODE"),
+                          cpus_per_task=_int_env(environ, "SLURM_CPUS_PER_TASK") or 1)
+    if system == "pbs":
+        nodefile = environ.get("PBS_NODEFILE")
+        if not nodefile:
+            raise ValueError("not inside a PBS job (no PBS_NODEFILE): submit the script with qsub")
+        with open(nodefile) as f:
+            hosts = L.pbs_hosts(f)
+        return Allocation(system, len(hosts), allowed, hosts=tuple(hosts), siblings=siblings,
+                          jobid=environ.get("PBS_JOBID"))
+    if system == "flux":
+        size = _int_env(environ, "COLOCATE_NODES")
+        if size is None:
+            try:
+                out = subprocess.run(["flux", "getattr", "size"], capture_output=True,
+                                     text=True, timeout=30, check=True)
+                size = int(out.stdout.strip())
+            except (OSError, subprocess.SubprocessError, ValueError) as e:
+                raise ValueError(f"cannot ask Flux for the instance size ({e}); run inside "
+                                 f"`flux alloc`/`flux batch`, or set COLOCATE_NODES") from None
+        return Allocation(system, size, allowed, siblings=siblings,
+                          jobid=environ.get("FLUX_JOB_ID"))
+    if system == "mpiexec":
+        return Allocation(system, 1, allowed, hosts=(socket.gethostname(),), siblings=siblings)
+    raise ValueError(f"system={system!r}: expected one of {', '.join(SYSTEMS)}")
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Options first, then ``COLOCATE_*`` environment variables, then defaults."""
+    def pick(opt, env, conv=str):
+        value = getattr(args, opt, None)
+        if value is not None:
+            return value
+        raw = environ.get(env, "").strip()
+        if not raw:
+            return None
+        try:
+            return conv(raw)
+        except ValueError:
+            raise ValueError(f"{env}={raw!r}: expected {conv.__name__}") from None
+
+    d = Settings()
+    return Settings(
+        host_cores=pick("host_cores", "COLOCATE_HOST_CORES"),
+        host_ncores=pick("host_ncores", "COLOCATE_HOST_NCORES", int),
+        host_tasks_per_node=pick("host_tasks_per_node", "COLOCATE_HOST_TASKS_PER_NODE", int),
+        spare_cores=pick("spare_cores", "COLOCATE_SPARE_CORES"),
+        ranks_per_node=pick("ranks_per_node", "COLOCATE_RANKS_PER_NODE", int),
+        address=pick("address", "COLOCATE_ADDRESS_FILE"),
+        config=pick("config", "COLOCATE_CONFIG"),
+        slurm_mpi=pick("slurm_mpi", "COLOCATE_SLURM_MPI") or d.slurm_mpi,
+        slurm_launcher=pick("slurm_launcher", "COLOCATE_SLURM_LAUNCHER") or d.slurm_launcher,
+        host_signal=pick("host_signal", "COLOCATE_HOST_SIGNAL"),
+        start_timeout=pick("start_timeout", "COLOCATE_START_TIMEOUT", float) or d.start_timeout,
+        stop_timeout=pick("stop_timeout", "COLOCATE_STOP_TIMEOUT", float) or d.stop_timeout,
+    )
+
+
+def choose_split(alloc: Allocation, s: Settings, has_host: bool) -> L.CoreSplit:
+    """Decide host and spare CPUs on each node (the same ids on every node).
+
+    Raises:
+        ValueError: the choice leaves no spare core, or names CPUs outside the allocation.
+    """
+    allowed = alloc.allowed
+    where = f"this node's allocation has CPUs {L.format_cpu_list(allowed)}"
+    if s.host_cores is not None:
+        host = L.parse_cpu_list(s.host_cores)
+        outside = set(host) - set(allowed)
+        if outside:
+            raise ValueError(f"COLOCATE_HOST_CORES={s.host_cores!r} names CPUs "
+                             f"{L.format_cpu_list(outside)} outside the allocation; {where}")
+        spare = tuple(c for c in allowed if c not in host)
+        if s.spare_cores is not None:
+            spare = L.parse_cpu_list(s.spare_cores)
+        if not spare or set(spare) & set(host) or set(spare) - set(allowed):
+            raise ValueError(f"host CPUs {L.format_cpu_list(host)} and spare CPUs "
+                             f"{L.format_cpu_list(spare) or 'none'}: expected disjoint, non-empty "
+                             f"sets inside the allocation; {where}")
+        return L.CoreSplit(host, spare)
+    if not has_host:  # attach: the host is already running somewhere in the allocation
+        spare = L.parse_cpu_list(s.spare_cores) if s.spare_cores is not None else allowed
+        if not spare or set(spare) - set(allowed):
+            raise ValueError(f"COLOCATE_SPARE_CORES={s.spare_cores!r}: expected CPUs inside "
+                             f"the allocation; {where}")
+        return L.CoreSplit((), spare)
+    count = s.host_ncores
+    if count is None and alloc.tasks_per_node:
+        count = alloc.tasks_per_node * alloc.cpus_per_task
+    if count is None:
+        raise ValueError(
+            f"how many cores does the host job use per node? Set COLOCATE_HOST_NCORES=N (or "
+            f"COLOCATE_HOST_CORES=LIST), or submit with --ntasks-per-node; {where}")
+    try:
+        split = L.split_cores(allowed, count, siblings=alloc.siblings)
+    except ValueError as e:
+        raise ValueError(f"{e}. Ask for more cores per node than the host uses (e.g. "
+                         f"--exclusive), or set COLOCATE_HOST_NCORES") from None
+    if s.spare_cores is not None:
+        spare = L.parse_cpu_list(s.spare_cores)
+        if set(spare) & set(split.host) or set(spare) - set(allowed) or not spare:
+            raise ValueError(f"COLOCATE_SPARE_CORES={s.spare_cores!r}: expected CPUs of the "
+                             f"allocation not used by the host ({L.format_cpu_list(split.host)})")
+        split = L.CoreSplit(split.host, spare)
+    return split
+
+
+def make_plan(alloc: Allocation, s: Settings, host_cmd: Sequence[str], batch: str | None, *,
+              python: str, colocate: Sequence[str], cwd: str) -> Plan:
+    """Turn the allocation and the settings into the commands to run (pure).
+
+    Raises:
+        ValueError: see ``choose_split``; or the system cannot express the layout.
+    """
+    has_host = bool(host_cmd)
+    split = choose_split(alloc, s, has_host)
+    k = s.host_tasks_per_node or alloc.tasks_per_node or 1
+    rpn = s.ranks_per_node or len(split.spare)
+    tag = alloc.jobid or str(os.getpid())
+    address = s.address or os.path.join(cwd, f"colocate-{tag}.address")
+    serve = L.serve_command(config=s.config, address_file=address, colocate=colocate)
+    run = (L.pin(L.run_command(batch, address=address, colocate=colocate), split.spare,
+                 python=python) if batch else None)
+    stop = L.stop_command(address, colocate=colocate)
+    host: L.Cmd | None = None
+    if alloc.system == "slurm":
+        if has_host:
+            host = L.slurm_host_step(host_cmd, split.host, alloc.nodes, k)
+        step = L.slurm_colocate_step(serve, split.spare, alloc.nodes, rpn, mpi=s.slurm_mpi,
+                                     launcher=s.slurm_launcher)
+    elif alloc.system == "pbs":
+        if has_host:
+            host = L.pbs_host_step(host_cmd, split.host, alloc.hosts, k, python=python)
+        step = L.pbs_colocate_step(serve, split.spare, alloc.hosts, rpn, python=python)
+    elif alloc.system == "flux":
+        if has_host:
+            host = L.flux_host_step(host_cmd, split.host, alloc.nodes, k, python=python)
+        rpn = len(split.spare)
+        step = L.flux_colocate_step(serve, split.spare, alloc.nodes, python=python)
+    elif alloc.system == "mpiexec":
+        if has_host:
+            host = L.pin(host_cmd, split.host, python=python)
+        step = L.local_colocate_step(serve, split.spare, L.world_size(1, rpn), python=python)
+    else:
+        raise ValueError(f"system={alloc.system!r}: expected one of {', '.join(SYSTEMS)}")
+    return Plan(alloc.system, split, k, rpn, address, host, step, run, stop, alloc.jobid)
+
+
+# ----- running it ------------------------------------------------------------------------------
+class Supervisor:
+    """Runs a ``Plan``: starts the steps, watches them, forwards the warning signal."""
+
+    def __init__(self, plan: Plan, s: Settings, *, clock: Callable[[], float] = time.monotonic):
+        self.plan, self.s, self.clock = plan, s, clock
+        self.warnings = 0
+        self.signals: list[int] = []
+        self.host: subprocess.Popen | None = None
+        self.serve: subprocess.Popen | None = None
+        self.run: subprocess.Popen | None = None
+        self.draining = False
+
+    # signals ------------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self.warnings += 1
+        self.signals.append(signum)
+
+    def install_signals(self) -> None:
+        """Count SIGTERM, SIGINT and SIGUSR1 as warnings; the loop acts on them."""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+
+    # steps --------------------------------------------------------------------------------------
+    def _start(self, what: str, cmd: Sequence[str],
+               unset: Sequence[str] = ()) -> subprocess.Popen:
+        log(f"start {what}: {L.shell_join(cmd)}")
+        env = {k: v for k, v in os.environ.items() if k not in unset}
+        # A session of its own: a Ctrl-C or a signal to our group does not reach the step
+        # directly; the supervisor decides what each step gets.
+        return subprocess.Popen(list(cmd), start_new_session=True, env=env)
+
+    def _slurm_step_id(self) -> str | None:
+        cmd = ["squeue", "--steps", f"--jobs={self.plan.jobid}", "--noheader", "--format=%i %j"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == self.plan.serve_step_name:
+                return parts[0].rpartition(".")[2]
+        return None
+
+    def drain_world(self, why: str) -> None:
+        """Ask the colocate world to drain (SIGTERM to its ranks), once."""
+        if self.draining or self.serve is None or self.serve.poll() is not None:
+            return
+        self.draining = True
+        log(f"draining colocate ({why})")
+        if self.plan.system == "slurm" and self.s.slurm_launcher == "srun" and self.plan.jobid:
+            # A signal to srun itself cancels the step; scancel --signal reaches the ranks.
+            step = self._slurm_step_id()
+            if step is not None:
+                cmd = L.slurm_signal_step(self.plan.jobid, step, "TERM")
+                try:
+                    if subprocess.run(cmd, timeout=20).returncode == 0:
+                        return
+                except (OSError, subprocess.SubprocessError):
+                    pass
+        _signal(self.serve, signal.SIGTERM)
+
+    def stop_world(self) -> None:
+        """``colocate stop``, bounded; fall back to a drain."""
+        if self.serve is None or self.serve.poll() is not None:
+            return
+        log(f"batch done; stopping colocate: {L.shell_join(self.plan.stop)}")
+        try:
+            rc = subprocess.run(self.plan.stop, timeout=30).returncode
+        except (OSError, subprocess.SubprocessError) as e:
+            rc = f"error {e}"
+        if rc != 0:
+            log(f"colocate stop returned {rc}")
+            self.drain_world("colocate stop failed")
+
+    def wait_world(self, timeout: float) -> None:
+        """Wait for the colocate step to end; kill it past ``timeout`` seconds."""
+        if self.serve is None:
+            return
+        if not _wait(self.serve, timeout, self):
+            log(f"colocate did not end within {timeout:.0f}s; killing it")
+            _kill(self.serve)
+
+    def _wait_address(self) -> bool:
+        deadline = self.clock() + self.s.start_timeout
+        while self.clock() < deadline:
+            if _ready(self.plan.address):
+                return True
+            if self.serve.poll() is not None:
+                log(f"colocate exited with {self.serve.returncode} before it was ready")
+                return False
+            if self.warnings:
+                return False
+            if self.host is not None and self.host.poll() is not None:
+                return False
+            time.sleep(POLL)
+        log(f"colocate not ready after {self.s.start_timeout:.0f}s (no {self.plan.address})")
+        return False
+
+    def end_all(self) -> int:
+        """A second signal: SIGTERM to every step, then SIGKILL after 10 s; return 143."""
+        log("second signal: ending every step now")
+        procs = [p for p in (self.run, self.serve, self.host) if p is not None]
+        for proc in procs:
+            _signal(proc, signal.SIGTERM)
+        for proc in procs:
+            if not _wait(proc, 10, None):
+                _kill(proc)
+        return 128 + signal.SIGTERM
+
+    def supervise(self) -> int:
+        """Run the plan to its end; return the exit status (see the module docstring)."""
+        p = self.plan
+        log(p.describe())
+        try:
+            os.unlink(p.address)
+        except FileNotFoundError:
+            pass
+        if p.host is not None:
+            self.host = self._start("host", p.host)
+        # The job's --ntasks-per-node is the host's, not the world's (srun reads it from here).
+        self.serve = self._start("colocate", p.serve, unset=("SLURM_NTASKS_PER_NODE",))
+        world_up = self._wait_address()
+        if world_up and p.run is not None:
+            self.run = self._start("batch", p.run)
+        elif not world_up:
+            self.drain_world("not ready")
+            self.wait_world(self.s.stop_timeout)
+        handled = 0
+        while True:
+            if self.warnings > handled:
+                handled = self.warnings
+                log(f"received {', '.join(signal.Signals(n).name for n in self.signals)}")
+                if handled == 1:
+                    log("warning signal received: draining colocate; the host job goes on")
+                    self.drain_world("warning signal")
+                    if self.s.host_signal and self.host is not None:
+                        log(f"forwarding SIG{self.s.host_signal} to the host step")
+                        _signal(self.host, _signum(self.s.host_signal))
+                else:
+                    return self.end_all()
+            host_done = self.host is None or self.host.poll() is not None
+            serve_done = self.serve.poll() is not None
+            if self.run is not None and self.run.poll() is None:
+                if host_done or serve_done:
+                    self.drain_world("host job ended" if host_done else "colocate ended")
+                    if not _wait(self.run, self.s.stop_timeout, self):
+                        if self.warnings > handled:
+                            continue
+                        log(f"batch client still running {self.s.stop_timeout:.0f}s after "
+                            f"the drain; stopping it")
+                        _signal(self.run, signal.SIGTERM)
+                        if not _wait(self.run, 10, None):
+                            _kill(self.run)
+                    continue
+                time.sleep(POLL)
+                continue
+            # The batch is over (or never started): the world goes, the host job stays.
+            if not serve_done:
+                if not self.draining:
+                    self.stop_world()
+                self.wait_world(self.s.stop_timeout)
+                continue
+            if host_done:
+                break
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            info = signal.sigtimedwait({signal.SIGTERM}, POLL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            if info:
+                try:
+                    who = open(f"/proc/{info.si_pid}/cmdline").read().replace("\0", " ")
+                except OSError:
+                    who = "?"
+                log(f"DEBUG TERM from {info.si_pid} code {info.si_code} uid {info.si_uid}: {who}")
+                self.warnings += 1
+                self.signals.append(15)
+        host_rc = self.host.returncode if self.host is not None else 0
+        run_rc = self.run.returncode if self.run is not None else (0 if world_up else
+                                                                    EXIT_NO_WORLD)
+        rc = host_rc if host_rc != 0 else run_rc
+        rc = rc if rc >= 0 else 128 - rc
+        log(f"host exit {host_rc if self.host is not None else '-'}, batch exit "
+            f"{self.run.returncode if self.run is not None else '-'}, colocate exit "
+            f"{self.serve.returncode}; exit {rc}")
+        return rc
+
+
+def _ready(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
+def _signum(name: str) -> int:
+    name = name.upper().removeprefix("SIG")
+    try:
+        return int(getattr(signal, "SIG" + name))
+    except AttributeError:
+        raise ValueError(f"unknown signal {name!r}: expected e.g. TERM, INT, USR1") from None
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill a step we started, and its session (by its id), and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _wait(proc: subprocess.Popen, timeout: float, sup: Supervisor | None) -> bool:
+    """Wait up to ``timeout`` seconds for ``proc``; stop early on a new signal when ``sup``."""
+    deadline = time.monotonic() + timeout
+    seen = sup.warnings if sup is not None else 0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return True
+        if sup is not None and sup.warnings > seen and sup.warnings > 1:
+            return proc.poll() is not None
+        time.sleep(POLL)
+    return proc.poll() is not None
+
+
+# ----- pin ---------------------------------------------------------------------------------------
+def local_task_id(environ: Mapping[str, str]) -> int:
+    """This task's index among the tasks of its node, from the launcher's variables (else 0)."""
+    for name in L.LOCAL_ID_ENVS:
+        raw = environ.get(name, "").strip()
+        if raw.isdigit():
+            return int(raw)
+    return 0
+
+
+def pin_main(cores: str, per_task: int | None, cmd: Sequence[str]) -> int:
+    """Bind this process to ``cores`` (or this task's block of them), then exec ``cmd``."""
+    if not cmd:
+        print(f"{PROG} pin: expected a command after --", file=sys.stderr)
+        return 2
+    cpus = L.parse_cpu_list(cores)
+    if per_task:
+        cpus = L.task_cores(cpus, per_task, local_task_id(os.environ) % per_task)
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as e:
+        have = L.format_cpu_list(os.sched_getaffinity(0))
+        print(f"{PROG} pin: cannot bind to CPUs {L.format_cpu_list(cpus)} ({e.strerror}); "
+              f"this process may use CPUs {have}", file=sys.stderr)
+        return 1
+    try:
+        os.execvp(cmd[0], list(cmd))
+    except OSError as e:
+        print(f"{PROG} pin: cannot run {cmd[0]!r}: {e.strerror}", file=sys.stderr)
+        return 127
+    return 0  # not reached
+
+
+def attach_main(jobid: str, batch: str) -> int:
+    """Start the supervisor as a one-task step of a running job (it starts the world there)."""
+    inner = [sys.executable, "-m", "colocate.launch", "with", "slurm", "--attach", batch]
+    try:
+        cmd = L.slurm_attach(jobid, inner, nodes=1, ntasks=1, cpu_bind="none")
+    except ValueError as e:
+        print(f"{PROG} attach: {e}", file=sys.stderr)
+        return 2
+    log(f"attach: {L.shell_join(cmd)}")
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as e:
+        print(f"{PROG} attach: cannot run {cmd[0]!r}: {e.strerror}", file=sys.stderr)
+        return 127
+    return 0  # not reached
+
+
+# ----- command line ------------------------------------------------------------------------------
+def _colocate_command(environ: Mapping[str, str]) -> list[str]:
+    raw = environ.get("COLOCATE_COMMAND", "").strip()
+    if raw:
+        import shlex
+
+        return shlex.split(raw)
+    found = shutil.which("colocate")
+    if found:
+        return [os.path.abspath(found)]
+    here = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "colocate")
+    return [here]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+    pn = sub.add_parser("pin", help="bind to CPUs, then exec a command")
+    pn.add_argument("--cores", required=True, help="CPU list, e.g. 0-3,8")
+    pn.add_argument("--per-task", type=int, default=None,
+                    help="tasks per node: bind this task (by its local id) to its block of cores")
+    at = sub.add_parser("attach", help="run a batch on the spare cores of a running Slurm job")
+    at.add_argument("jobid")
+    at.add_argument("batch")
+    for verb, help_ in (("plan", "print the commands a `with` run would start"),
+                        ("with", "run a host job and a colocate batch side by side")):
+        sp = sub.add_parser(verb, help=help_)
+        sp.add_argument("system", choices=SYSTEMS)
+        if verb == "with":
+            sp.add_argument("batch", help="the batch file (BATCH.yaml)")
+        else:
+            sp.add_argument("--batch", default=None)
+        sp.add_argument("--host-cores", help="host CPU list [COLOCATE_HOST_CORES]")
+        sp.add_argument("--host-ncores", type=int,
+                        help="host CPUs per node, the lowest ids [COLOCATE_HOST_NCORES]")
+        sp.add_argument("--host-tasks-per-node", type=int,
+                        help="host tasks per node [COLOCATE_HOST_TASKS_PER_NODE]")
+        sp.add_argument("--spare-cores", help="colocate CPU list [COLOCATE_SPARE_CORES]")
+        sp.add_argument("--ranks-per-node", type=int,
+                        help="colocate worker ranks per node [COLOCATE_RANKS_PER_NODE]")
+        sp.add_argument("--address", help="address file [COLOCATE_ADDRESS_FILE]")
+        sp.add_argument("--config", help="colocate config file [COLOCATE_CONFIG]")
+        sp.add_argument("--slurm-mpi", help="srun --mpi plugin, default pmi2 [COLOCATE_SLURM_MPI]")
+        sp.add_argument("--slurm-launcher", choices=("srun", "mpiexec"),
+                        help="how to start the world in Slurm [COLOCATE_SLURM_LAUNCHER]")
+        sp.add_argument("--host-signal", help="also send this signal to the host step on the "
+                        "warning [COLOCATE_HOST_SIGNAL]")
+        sp.add_argument("--start-timeout", type=float,
+                        help="seconds for colocate to come up [COLOCATE_START_TIMEOUT]")
+        sp.add_argument("--stop-timeout", type=float,
+                        help="seconds for a drain to end [COLOCATE_STOP_TIMEOUT]")
+        sp.add_argument("--attach", action="store_true",
+                        help="no host command: serve on a job whose host already runs")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m colocate.launch``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, rest = argv[:i], argv[i + 1:]
+    args = _parser().parse_args(argv)
+    if args.verb == "pin":
+        return pin_main(args.cores, args.per_task, rest)
+    if args.verb == "attach":
+        return attach_main(args.jobid, args.batch)
+    if not rest and not args.attach:
+        print(f"{PROG} {args.verb}: expected the host command after -- (or --attach)",
+              file=sys.stderr)
+        return 2
+    try:
+        s = settings_from(args, os.environ)
+        alloc = gather(args.system, os.environ)
+        plan = make_plan(alloc, s, rest, args.batch, python=sys.executable,
+                         colocate=_colocate_command(os.environ), cwd=os.getcwd())
+    except (ValueError, OSError) as e:
+        print(f"{PROG} {args.verb}: {e}", file=sys.stderr)
+        return 2
+    if args.verb == "plan":
+        for name, cmd in (("HOST_STEP", plan.host), ("COLOCATE_STEP", plan.serve),
+                          ("BATCH_CMD", plan.run), ("STOP_CMD", plan.stop)):
+            if cmd is not None:
+                print(f"{name}=({L.shell_join(cmd)})")
+        print(f"HOST_CORES={L.format_cpu_list(plan.split.host) or 'none'}")
+        print(f"SPARE_CORES={L.format_cpu_list(plan.split.spare)}")
+        print(f"ADDRESS={L.shell_join([plan.address])}")
+        return 0
+    sup = Supervisor(plan, s)
+    sup.install_signals()
+    return sup.supervise()
