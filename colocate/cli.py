@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("submit", help="send a YAML batch to a running server")
     b.add_argument("batch")
     b.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"))
-    b.add_argument("--wait", action="store_true", help="wait for the results (always, for now)")
+    b.add_argument("--wait", action="store_true",
+                   help="wait for the results (this client records them; the default)")
     b.add_argument("--resume", metavar="RUN_DIR")
     b.add_argument("--no-progress", action="store_true")
 
@@ -139,9 +140,78 @@ def render_status(st: dict) -> str:
     return "\n".join(lines)
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    raise ConfigError(f"`colocate {args.command}` is not available in this build")
+def _info(args: argparse.Namespace) -> int:
+    from . import config
+    from .colocation.info import collect, render
+    cfg = config.load(args.config)
+    report = collect(cfg["co_location"], cfg["guard"], own_pids=[os.getpid()])
+    print(json.dumps(report, indent=1) if args.json else render(report))
+    return EXIT_OK
 
 
-_COMMANDS = {"serve": _serve, "stop": _stop, "status": _status, "info": _not_yet,
-             "run": _not_yet, "submit": _not_yet, "report": _not_yet, "demo": _not_yet}
+def _run(args: argparse.Namespace) -> int:
+    from .batch.commands import cmd_run
+    from .client import Executor, _launched_by_mpi
+    if args.address and args.n is not None:
+        raise ConfigError(f"-n {args.n} sizes a local world, but --address names a running "
+                          "server with its own workers; drop one of them")
+    if args.n is not None and args.n < 1:
+        raise ConfigError(f"-n must be at least 1, found {args.n}")
+    progress = False if args.no_progress else None
+    if not args.address and _launched_by_mpi():
+        return _run_in_this_world(args, progress)
+
+    def factory(n: int | None) -> Executor:
+        if args.address:
+            return Executor(address=args.address)
+        return Executor(max_workers=n, config=args.config)
+
+    return cmd_run(args.batch, factory, resume=args.resume, n=args.n, progress=progress)
+
+
+def _run_in_this_world(args: argparse.Namespace, progress: bool | None) -> int:
+    """``mpiexec -n N colocate run B.yaml``: rank 0 runs the batch, the other ranks serve it."""
+    import contextlib
+
+    from mpi4py import MPI
+
+    from .batch.commands import cmd_run
+    from .embed import embed
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() < 3:
+        raise ConfigError(f"found {comm.Get_size()} ranks, needs at least 3 under mpiexec: one "
+                          "runs the batch, one schedules, the others run tasks (or run "
+                          "`colocate run` without mpiexec to start a local world)")
+    with embed(comm, config=args.config) as ex:
+        if ex is None:
+            return EXIT_OK
+        return cmd_run(args.batch, lambda n: contextlib.nullcontext(ex), resume=args.resume,
+                       progress=progress)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .batch.commands import cmd_run
+    from .client import Executor
+    address = _need_address(args)
+    progress = False if args.no_progress else None
+    return cmd_run(args.batch, lambda n: Executor(address=address), resume=args.resume,
+                   progress=progress)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .batch.commands import cmd_report
+    return cmd_report(args.run_dir, args.plot)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from .batch.commands import cmd_run
+    from .client import Executor
+    batch = resources.files("colocate").joinpath("demo/demo.yaml")
+    with resources.as_file(batch) as path:
+        return cmd_run(path, lambda n: Executor(max_workers=n), resume=None, n=args.n)
+
+
+_COMMANDS = {"serve": _serve, "stop": _stop, "status": _status, "info": _info, "run": _run,
+             "submit": _submit, "report": _report, "demo": _demo}
