@@ -67,7 +67,8 @@ def main() -> None:
     settings = json.loads(sys.argv[3])
     from .colocation.sandbox import apply_sandbox
     applied = apply_sandbox(settings.get("cores"), settings.get("priority", "idle"),
-                            settings.get("threads"), settings.get("memory_limit"))
+                            settings.get("threads"), settings.get("memory_limit"),
+                            die_with_parent=True)
     from ._frames import write_frame
     from .messages import Done
     write_frame(out_fd, {"ready": os.getpid(), "sandbox": applied})

@@ -69,7 +69,8 @@ def load(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | N
         if not name.startswith(_ENV_PREFIX) or name in _NOT_SETTINGS:
             continue
         section, key = _split_env(name)
-        _set(cfg, section, key, _parse_env_value(raw), f"environment variable {name}")
+        value = raw if (section, key) in _TEXT else _parse_env_value(raw)
+        _set(cfg, section, key, value, f"environment variable {name}")
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         _set(cfg, section, key, value, "command line")
@@ -124,6 +125,9 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
                               source=source, key=f"{section}.{key}")
     cfg[section][key] = value
 
+
+# Settings read from the environment as text, not YAML (a CPU list "1" is not the number 1).
+_TEXT = {("co_location", "spare_cores")}
 
 _FLEXIBLE = {("co_location", "spare_cores"), ("co_location", "memory_budget"),
              ("co_location", "host_pids"), ("tasks", "memory")}

@@ -80,7 +80,9 @@ def memory_budget(setting: Any) -> int:
 def spare_cores(cfg: dict) -> tuple[list[int], str]:
     """This node's spare cores and how they were found."""
     from .colocation.spare import discover_spare_cores
-    found = discover_spare_cores(cfg["co_location"], own_pids=[os.getpid()])
+    # Our parent is the launcher's proxy: its descendants are every local rank of this world,
+    # whose start-up load must not count as the host's.
+    found = discover_spare_cores(cfg["co_location"], own_pids=[os.getpid(), os.getppid()])
     return list(found.cores), found.source
 
 
