@@ -1,8 +1,9 @@
 """The ``colocate`` command line: serve, stop, status, info, run, submit, report, demo.
 
-Exit codes: 0 success; 1 some tasks failed (``run``/``submit --wait``) or the server could not
-be reached; 2 invalid input (bad option, configuration or batch file), reported before anything
-runs.
+Exit codes: 0 success; 1 some tasks failed (``run``/``submit``) or the server could not be
+reached; 2 invalid input (bad option, configuration or batch file), reported before anything
+runs; 3 tasks are left to do (drained or the world broke: ``colocate run --resume RUN_DIR``);
+130 stopped by a second Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON")
 
     r = sub.add_parser("run", help="run a YAML batch")
-    r.add_argument("batch", help="the batch file")
+    r.add_argument("batch", nargs="?", help="the batch file (optional with --resume RUN_DIR)")
     r.add_argument("-n", type=int, help="workers of the local world (default: spare cores)")
-    r.add_argument("--resume", metavar="RUN_DIR", help="run only tasks with no result there")
+    r.add_argument("--resume", metavar="RUN_DIR", nargs="?", const=True,
+                   help="run only the tasks with no result in RUN_DIR (default: the batch's "
+                   "output directory)")
     r.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"),
                    help="use a running server instead of a local world")
     r.add_argument("--config")
@@ -53,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"))
     b.add_argument("--wait", action="store_true",
                    help="wait for the results (this client records them; the default)")
-    b.add_argument("--resume", metavar="RUN_DIR")
+    b.add_argument("--resume", metavar="RUN_DIR", nargs="?", const=True)
     b.add_argument("--no-progress", action="store_true")
 
     rep = sub.add_parser("report", help="summarize a run directory")

@@ -1,0 +1,205 @@
+"""Command bodies for ``colocate run`` and ``colocate report``; ``cli.py`` wires the arguments.
+
+Exit codes (also in ``docs/batch.md``): 0 every task succeeded; 1 some task failed; 2 the batch
+file or the arguments are invalid (nothing ran); 3 tasks are left (drained, interrupted, the
+executor stopped): ``colocate run --resume RUN_DIR`` finishes them; 130 stopped by a second
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from colocate.errors import ColocateError, ConfigError
+
+from .journal import BATCH_COPY, EXIT_CONFIG, EXIT_INCOMPLETE, META, RunDir, RunSummary
+from .progress import Progress, format_summary
+from .report import plot_timeline, render_summary, summarize
+from .runner import run_batch
+from .schema import DEFAULT_RUNS_DIR, BatchSpec, load_batch
+
+__all__ = ["cmd_report", "cmd_run"]
+
+EXIT_SIGNAL = 130
+
+
+def cmd_run(batch_path: str | os.PathLike | None, executor_factory: Callable[[int | None], Any],
+            resume: bool | str | os.PathLike | None = None, n: int | None = None,
+            progress: bool | str | None = None, *, drain_event: threading.Event | None = None,
+            rerun_failed: bool = True, stream: IO[str] | None = None) -> int:
+    """Run (or resume) a batch: validate everything, then start an executor and run the tasks.
+
+    Args:
+        batch_path: the batch file; may be ``None`` when ``resume`` names a run directory (its
+            copy of the batch file is used).
+        executor_factory: called once as ``executor_factory(n)`` after validation; returns an
+            Executor usable as a context manager (leaving it shuts the executor down).
+        resume: ``None``/``False`` start a new run (refused if the output directory already
+            holds one); ``True`` continue the run in the batch's ``output`` (or the latest
+            ``runs/<name>-*``), starting it if there is none; a path: continue that run.
+        n: passed to ``executor_factory`` untouched (the ``-n`` option; None if not given).
+        progress: ``None``/``True`` a bar on a TTY else log lines, ``False`` quiet, or a mode
+            ``"bar"``, ``"log"``, ``"off"``.
+        drain_event: set it to drain; by default SIGINT and SIGTERM set it (in the main thread),
+            and a second signal stops at once.
+        rerun_failed: on resume, run failed tasks again (interrupted and unrun ones always run).
+        stream: where messages and progress go; ``sys.stderr`` by default.
+
+    Returns:
+        The exit code (see the module docstring).
+    """
+    err = stream if stream is not None else sys.stderr
+    try:
+        spec, path, resuming = _plan(batch_path, resume)
+        rd = RunDir.open_for_resume(path, spec) if resuming else RunDir.create(path, spec)
+    except ConfigError as exc:
+        print(f"colocate: error: {exc}", file=err, flush=True)
+        return EXIT_CONFIG
+    mode = {None: "auto", True: "auto", False: "off"}.get(progress, progress)   # type: ignore
+    with rd:
+        todo = len(rd.pending(spec.tasks, rerun_failed=rerun_failed))
+        verb = "resuming" if resuming else "running"
+        print(f"colocate: {verb} batch {spec.name!r}: {todo} of {len(spec.tasks)} tasks to run; "
+              f"results in {path}", file=err, flush=True)
+        if todo == 0:
+            summary = rd.write_summary()
+            if mode != "off":
+                print(format_summary(summary), file=err, flush=True)
+            return summary.exit_code
+        drain = drain_event if drain_event is not None else threading.Event()
+        with _drain_on_signals(drain, err, install=drain_event is None):
+            try:
+                with executor_factory(n) as ex:
+                    shown = Progress(len(spec.tasks), done=len(spec.tasks) - todo,
+                                     name=spec.name, mode=mode, stream=err)
+                    summary = run_batch(ex, spec, rd, progress=shown, drain_event=drain,
+                                        rerun_failed=rerun_failed)
+            except KeyboardInterrupt:
+                print(f"colocate: stopped; finished tasks are saved. Resume with: colocate run "
+                      f"--resume {path}", file=err, flush=True)
+                return EXIT_SIGNAL
+            except ConfigError as exc:
+                rd.write_summary(error=str(exc))
+                print(f"colocate: error: {exc}", file=err, flush=True)
+                return EXIT_CONFIG
+            except ColocateError as exc:
+                rd.write_summary(error=f"{type(exc).__name__}: {exc}")
+                print(f"colocate: error: {type(exc).__name__}: {exc}\nFinished tasks are saved; "
+                      f"resume with: colocate run --resume {path}", file=err, flush=True)
+                return EXIT_INCOMPLETE
+    _hints(summary, err)
+    return summary.exit_code
+
+
+def cmd_report(run_dir: str | os.PathLike, plot: str | os.PathLike | None = None, *,
+               stream: IO[str] | None = None) -> int:
+    """Print the summary of a run directory and optionally plot its timeline.
+
+    Args:
+        run_dir: a directory written by ``colocate run``.
+        plot: a PNG path for :func:`~colocate.batch.report.plot_timeline`, or None.
+        stream: where the report goes; ``sys.stdout`` by default (errors go to stderr).
+
+    Returns:
+        0, or 2 if ``run_dir`` is not a run directory or the plot cannot be made.
+    """
+    out = stream if stream is not None else sys.stdout
+    try:
+        summary = summarize(run_dir)
+    except ConfigError as exc:
+        print(f"colocate: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    print(render_summary(summary), file=out, flush=True)
+    if plot is not None:
+        try:
+            written = plot_timeline(run_dir, plot)
+        except (ImportError, OSError) as exc:
+            print(f"colocate: error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_CONFIG
+        print(f"timeline written to {written}", file=out, flush=True)
+    return 0
+
+
+def _plan(batch_path: str | os.PathLike | None,
+          resume: bool | str | os.PathLike | None) -> tuple[BatchSpec, Path, bool]:
+    """Load the batch and choose the run directory: ``(spec, path, resuming)``."""
+    if resume is None or resume is False or resume is True:
+        if batch_path is None:
+            raise ConfigError("no batch file given; pass BATCH.yaml (or --resume RUN_DIR)")
+        spec = load_batch(batch_path)
+        if resume is True:
+            path = spec.output or _latest_run(spec.name)
+            if path is not None and RunDir.is_run_dir(path):
+                return spec, path, True
+        return spec, spec.output or _fresh_default(spec), False
+    path = Path(resume)
+    if not RunDir.is_run_dir(path):
+        RunDir.read(path)   # raises the ConfigError that says why
+    if batch_path is None:
+        meta = json.loads((path / META).read_text())
+        copies = sorted(path.glob("batch.*.yaml"), key=lambda p: int(p.stem.split(".")[1]))
+        spec = load_batch(copies[-1] if copies else path / BATCH_COPY,
+                          base_dir=meta.get("base_dir"), check_output=False)
+    else:
+        spec = load_batch(batch_path, check_output=False)
+    return spec, path, True
+
+
+def _latest_run(name: str) -> Path | None:
+    """The newest ``runs/<name>-<stamp>`` holding a run of batch ``name``."""
+    def is_run_of(path: Path) -> bool:
+        try:
+            return json.loads((path / META).read_text()).get("name") == name
+        except (OSError, ValueError):
+            return False
+
+    runs = sorted(p for p in DEFAULT_RUNS_DIR.glob(f"{name}-*") if is_run_of(p))
+    return runs[-1] if runs else None
+
+
+def _fresh_default(spec: BatchSpec) -> Path:
+    path = spec.default_output()
+    for i in range(2, 1000):
+        if not path.exists():
+            return path
+        path = path.with_name(f"{spec.default_output().name}-{i}")
+    raise ConfigError(f"cannot find a free run directory name like {path}; set 'output'")
+
+
+def _hints(summary: RunSummary, err: IO[str]) -> None:
+    if summary.failed:
+        print(f"colocate: {summary.failed} task(s) failed; details: colocate report "
+              f"{summary.run_dir}", file=err, flush=True)
+    if not summary.complete or summary.failed:
+        print(f"colocate: run the unfinished and failed tasks again with: colocate run --resume "
+              f"{summary.run_dir}", file=err, flush=True)
+
+
+@contextlib.contextmanager
+def _drain_on_signals(drain: threading.Event, err: IO[str], install: bool) -> Iterator[None]:
+    """First SIGINT/SIGTERM sets ``drain``; a second raises KeyboardInterrupt (stop now)."""
+    if not install or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if drain.is_set():
+            raise KeyboardInterrupt
+        drain.set()
+        print(f"\ncolocate: {signal.Signals(signum).name}: draining, no new tasks; waiting for "
+              "running ones (send it again to stop at once)", file=err, flush=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

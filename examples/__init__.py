@@ -1,0 +1,1 @@
+"""Example kernels for the batches in ``configs/`` (run from the repository root)."""
