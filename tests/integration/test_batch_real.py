@@ -1,0 +1,83 @@
+"""Batches end to end on a real local world: CLI exit codes, run directory, kill -9 and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "COLOCATE_CO_LOCATION_SPARE_CORES": "all", "COLOCATE_LOG": "warning",
+       "PYTHONPATH": f"{REPO / 'tests' / 'data'}{os.pathsep}{REPO}"}
+
+
+def colocate(*args, cwd, timeout=120, check_rc=None):
+    proc = subprocess.run([sys.executable, "-m", "colocate", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stdout + proc.stderr
+    return proc
+
+
+def records(run_dir: Path) -> list[dict]:
+    out = []
+    for line in (run_dir / "results.jsonl").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass   # a torn last line from the kill
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_run_writes_every_result_and_report_reads_it(tmp_path):
+    batch = tmp_path / "b.yaml"
+    batch.write_text("name: sq\nfunction: slow_kernels:slow_square\n"
+                     "tasks:\n  product: {x: [1, 2, 3, 4], delay: [0.0]}\noutput: out\n")
+    colocate("run", str(batch), "-n", "1", "--no-progress", cwd=tmp_path, check_rc=0)
+    recs = records(tmp_path / "out")
+    assert sorted(r["result"] for r in recs) == [1, 4, 9, 16]
+    assert all(r["status"] == "ok" and r["worker"]["rank"] >= 1 for r in recs)
+    rep = colocate("report", str(tmp_path / "out"), cwd=tmp_path, check_rc=0)
+    assert "succeeded" in rep.stdout and "4" in rep.stdout
+
+
+@pytest.mark.timeout(180)
+def test_kill_minus_nine_then_resume_gives_the_uninterrupted_results(tmp_path):
+    n = 40
+    batch = tmp_path / "b.yaml"
+    batch.write_text(f"name: sq\nfunction: slow_kernels:slow_square\n"
+                     f"tasks:\n  product: {{x: {list(range(n))}, delay: [0.05]}}\noutput: out\n")
+    run = subprocess.Popen([sys.executable, "-m", "colocate", "run", str(batch), "-n", "1",
+                            "--no-progress"], cwd=tmp_path, env=ENV, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = tmp_path / "out" / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:   # wait until some, not all, results are recorded
+        if journal.exists() and 5 <= len(records(tmp_path / "out")) < n:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the batch recorded no results within 60 s")
+    # Kill the whole job at once: client, mpiexec, every rank and executor.
+    group = [psutil.Process(run.pid), *psutil.Process(run.pid).children(recursive=True)]
+    os.killpg(run.pid, signal.SIGKILL)
+    for p in group:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    run.wait(10)
+    psutil.wait_procs(group, timeout=10)
+    before = {r["task_id"] for r in records(tmp_path / "out") if r["status"] == "ok"}
+    assert 0 < len(before) < n
+    colocate("run", str(batch), "-n", "1", "--no-progress", "--resume", str(tmp_path / "out"),
+             cwd=tmp_path, check_rc=0)
+    ok = [r for r in records(tmp_path / "out") if r["status"] == "ok"]
+    assert len(ok) == n == len({r["task_id"] for r in ok}), "a result was lost or duplicated"
+    assert sorted(r["result"] for r in ok) == [x * x for x in range(n)]
