@@ -77,9 +77,17 @@ def load(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | N
     return cfg
 
 
+# Variables of the batch-system launchers (``python -m colocate.launch``, docs/cluster.md).
+LAUNCHER_VARIABLES = (
+    "COLOCATE_HOST_CORES", "COLOCATE_HOST_NCORES", "COLOCATE_HOST_TASKS_PER_NODE",
+    "COLOCATE_SPARE_CORES", "COLOCATE_RANKS_PER_NODE", "COLOCATE_ADDRESS_FILE", "COLOCATE_CONFIG",
+    "COLOCATE_SLURM_MPI", "COLOCATE_SLURM_LAUNCHER", "COLOCATE_HOST_SIGNAL",
+    "COLOCATE_START_TIMEOUT", "COLOCATE_STOP_TIMEOUT", "COLOCATE_PYTHON", "COLOCATE_COMMAND",
+    "COLOCATE_NODES")
+
 # COLOCATE_* variables that are not settings (read elsewhere, documented there).
 _NOT_SETTINGS = frozenset({"COLOCATE_ADDRESS", "COLOCATE_NODE_NAME", "COLOCATE_MPIEXEC",
-                           "COLOCATE_LOG", "COLOCATE_CHILD"})
+                           "COLOCATE_LOG", "COLOCATE_CHILD", *LAUNCHER_VARIABLES})
 
 
 def _split_env(name: str) -> tuple[str, str]:

@@ -32,6 +32,9 @@ Cmd = list[str]
 #: Environment variable the colocate world reads its spare cores from (``co_location.spare_cores``).
 SPARE_CORES_ENV = "COLOCATE_CO_LOCATION_SPARE_CORES"
 
+#: Job variables srun reads as options; the steps built here must run without them.
+SLURM_STEP_UNSET = ("SLURM_NTASKS_PER_NODE", "SLURM_CPUS_PER_TASK")
+
 #: Environment variables that hold a task's index among the tasks of its node, by launcher.
 LOCAL_ID_ENVS = ("SLURM_LOCALID", "FLUX_TASK_LOCAL_ID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK",
                  "OMPI_COMM_WORLD_LOCAL_RANK", "PALS_LOCAL_RANKID")
@@ -102,6 +105,16 @@ def format_cpu_list(cpus: Iterable[int]) -> str:
         parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
         i = j + 1
     return ",".join(parts)
+
+
+def env_cpu_list(cpus: Iterable[int]) -> str:
+    """``format_cpu_list`` for an environment variable: one CPU as ``"N-N"``.
+
+    colocate reads ``COLOCATE_*`` values as YAML, where a bare ``"3"`` is the integer 3, not a
+    CPU list; ``"3-3"`` stays a list on every version.
+    """
+    text = format_cpu_list(cpus)
+    return f"{text}-{text}" if text.isdigit() else text
 
 
 def cpu_mask(cpus: Iterable[int]) -> str:
@@ -320,7 +333,7 @@ def local_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int],
     spare = parse_cpu_list(spare_cores)
     ranks = ranks if ranks is not None else world_size(1, max(1, len(spare)))
     inner = with_env(pin(serve_cmd, spare, python=python),
-                     {SPARE_CORES_ENV: format_cpu_list(spare)})
+                     {SPARE_CORES_ENV: env_cpu_list(spare)})
     return mpiexec(inner, _positive(ranks, "ranks"), extra=extra, mpiexec=mpiexec_exe)
 
 
@@ -334,6 +347,11 @@ def slurm_host_step(host_cmd: Sequence[str], host_cores: Iterable[int], nodes: i
     step shares the allocation with the colocate step and each task is bound to its cores.
     Explicit CPU ids are machine ids: they must be allocated on every node (true for
     ``--exclusive`` jobs; on shared nodes Slurm may refuse or drop the binding).
+
+    No ``--cpus-per-task``: since Slurm 22.05 it implies ``--exact``, which shrinks the step to
+    that many CPUs of Slurm's choosing, and a binding outside them fails ("CPU binding outside
+    of job step allocation"). For the same reason run the step with ``SLURM_CPUS_PER_TASK``
+    unset (srun reads it from a job submitted with ``-c``).
     """
     cmd = _command(host_cmd, "host command")
     cores = parse_cpu_list(host_cores)
@@ -341,10 +359,8 @@ def slurm_host_step(host_cmd: Sequence[str], host_cores: Iterable[int], nodes: i
         raise ValueError("expected at least one host core, found none")
     k = _positive(ntasks_per_node, "ntasks_per_node")
     n = _positive(nodes, "nodes")
-    per_task = max(1, len(cores) // k)
     return [srun, "--overlap", f"--job-name={name}", f"--nodes={n}", f"--ntasks={n * k}",
-            f"--ntasks-per-node={k}", f"--cpus-per-task={per_task}",
-            f"--cpu-bind={slurm_cpu_bind(cores, k)}", *extra, *cmd]
+            f"--ntasks-per-node={k}", f"--cpu-bind={slurm_cpu_bind(cores, k)}", *extra, *cmd]
 
 
 def slurm_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int], nodes: int,
@@ -358,8 +374,8 @@ def slurm_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int], no
     cores itself) and told them through ``COLOCATE_CO_LOCATION_SPARE_CORES``. Ranks are dealt
     to the nodes in turn (``--distribution=cyclic``): rank 0 and ``ranks_per_node`` workers on
     the first node, ``ranks_per_node`` workers on each other one. (Inside a job submitted with
-    ``--ntasks-per-node``, srun also reads ``SLURM_NTASKS_PER_NODE``; unset it for this step to
-    avoid srun's warning about it.)
+    ``--ntasks-per-node`` or ``-c``, srun also reads ``SLURM_NTASKS_PER_NODE`` and
+    ``SLURM_CPUS_PER_TASK``: unset them for this step, see ``slurm_host_step``.)
 
     Args:
         serve_cmd: ``colocate serve ...`` (see ``serve_command``).
@@ -385,11 +401,11 @@ def slurm_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int], no
     rpn = len(spare) if ranks_per_node is None else ranks_per_node
     size = world_size(nodes, rpn)
     inner = with_env(_command(serve_cmd, "serve command"),
-                     {SPARE_CORES_ENV: format_cpu_list(spare)})
+                     {SPARE_CORES_ENV: env_cpu_list(spare)})
     bind = f"mask_cpu:{cpu_mask(spare)}"
     if launcher == "srun":
         out = [srun, "--overlap", f"--job-name={name}", f"--nodes={nodes}", f"--ntasks={size}",
-               "--distribution=cyclic", "--overcommit", "--cpus-per-task=1"]
+               "--distribution=cyclic", "--overcommit"]
         if mpi:
             out.append(f"--mpi={mpi}")
         return [*out, f"--cpu-bind={bind}", *extra, *inner]
@@ -481,7 +497,7 @@ def pbs_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int],
         raise ValueError("expected at least one host, found none")
     rpn = len(spare) if ranks_per_node is None else ranks_per_node
     inner = with_env(pin(serve_cmd, spare, python=python),
-                     {SPARE_CORES_ENV: format_cpu_list(spare)})
+                     {SPARE_CORES_ENV: env_cpu_list(spare)})
     return mpiexec(inner, world_size(len(hosts), rpn), ppn=rpn, hosts=hosts, extra=extra,
                    mpiexec=mpiexec_exe)
 
@@ -523,7 +539,7 @@ def flux_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int], nod
                          f"{nodes * len(spare)} rank(s) under Flux; colocate needs 2 (rank 0 and "
                          f"a worker): leave more cores spare or use more nodes")
     inner = with_env(pin(serve_cmd, spare, python=python),
-                     {SPARE_CORES_ENV: format_cpu_list(spare)})
+                     {SPARE_CORES_ENV: env_cpu_list(spare)})
     return flux_step(inner, nodes, len(spare), submit=submit, extra=extra)
 
 
