@@ -33,6 +33,7 @@ from .messages import (
     Done,
     Heartbeat,
     KillRunning,
+    PauseCores,
     Results,
     Shutdown,
     StatusReply,
@@ -167,9 +168,15 @@ class Server:
                 self._apply(S.WorkerDone(rank, msg.outcomes, now))
             elif kind is Heartbeat:
                 self._apply(S.HeardFrom(rank, now))
+            elif kind is PauseCores:
+                log.info("worker rank %d %s by the guard", rank,
+                         "paused (the host wants its core)" if msg.paused
+                         else "resumed (the host left its core)")
+                self._apply(S.WorkerPaused(rank, msg.paused))
             elif kind is WorkerHello:
-                log.info("worker rank %d on %s, cores %s, sandbox %s", rank, msg.node,
-                         list(msg.cores), msg.detail.get("sandbox"))
+                log.info("worker rank %d on %s, cores %s, sandbox %s, cgroup %s, guard %s", rank,
+                         msg.node, list(msg.cores), msg.detail.get("sandbox"),
+                         msg.detail.get("cgroup"), msg.detail.get("guard"))
                 self._apply(S.WorkerJoined(rank, msg.node, msg.cores, msg.memory_budget, now))
             got = self.box.poll()
         return True

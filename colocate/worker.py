@@ -6,8 +6,12 @@ While the child computes, the rank sleeps in ``select`` on the child's pipe and 
 does not compete with the child for the core. It enforces task timeouts (killing the child),
 turns child deaths into ``CRASHED``/``MEMORY`` outcomes, and restarts the child at once.
 
+Its :class:`~colocate.confinement.Confinement` keeps the child in a cgroup (memory limit per
+task) and runs the interference guard, which pauses the child while the host wants the core;
+the paused time does not count against the task's timeout, and rank 0 places nothing new here.
+
 Reads: ``Dispatch``, ``KillRunning``, ``Shutdown`` from rank 0; outcomes from the child.
-Writes: ``WorkerHello``, ``Done``, ``Heartbeat`` to rank 0; work batches to the child.
+Writes: ``WorkerHello``, ``Done``, ``Heartbeat``, ``PauseCores`` to rank 0; work to the child.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from . import comm as mpi
 from ._child import run_work
 from .bell import Bell
+from .confinement import Confinement
 from .executor import ChildDied, ExecutorProcess
 from .idle import Backoff
 from .messages import (
@@ -29,6 +34,7 @@ from .messages import (
     Heartbeat,
     KillRunning,
     Outcome,
+    PauseCores,
     Shutdown,
     Status,
     WorkerHello,
@@ -63,20 +69,26 @@ class Worker:
         self.child: ExecutorProcess | None = None
         self.last_sent = time.monotonic()
         self.running = True
+        self.conf: Confinement | None = None
+        self.paused_at: float | None = None
 
     # ----- set-up --------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the warm executor child and introduce this rank to the scheduler."""
         co = self.cfg["co_location"]
         if not self.inline:
+            self.conf = Confinement(self.cfg, self.rank, list(self.place["cores"]),
+                                    self.place["memory_budget"], self._paused)
             settings = {
                 "cores": list(self.place["cores"]) if co["pinning"] else None,
                 "priority": co["priority"],
                 "threads": len(self.place["cores"]),
             }
-            self.child = ExecutorProcess(settings, self.place.get("cgroup"))
+            self.child = ExecutorProcess(settings, self.conf.group)
+            self.conf.child_pid = lambda: self.child.pid
             self.child.start()
             self.place["detail"]["sandbox"] = self.child.sandbox
+            self.place["detail"].update(self.conf.describe())
         self._send(WorkerHello(self.rank, self.place["node"], tuple(self.place["cores"]),
                                self.place["memory_budget"], self.place["detail"]))
 
@@ -90,6 +102,8 @@ class Worker:
         finally:
             if self.child is not None:
                 self.child.kill()
+            if self.conf is not None:
+                self.conf.close()
             self.box.flush(timeout=2.0)
 
     def _step(self) -> None:
@@ -101,10 +115,12 @@ class Worker:
             got = self.box.poll()
         child = self.child
         now = time.monotonic()
+        guard_due = self.conf.tick(now) if self.conf is not None else float("inf")
         if child is not None and child.busy:
-            deadline = child.deadline()
-            wait = self.backoff.cold if deadline is None else min(self.backoff.cold,
-                                                                   deadline - now)
+            deadline = None if self.paused_at is not None else child.deadline()
+            wait = min(self.backoff.cold, guard_due)
+            if deadline is not None:
+                wait = min(wait, deadline - now)
             ready, _, _ = select.select([child.from_child, self.bell], [], [], max(0.0, wait))
             if child.from_child in ready:
                 try:
@@ -121,7 +137,7 @@ class Worker:
             if self.bell in ready:
                 self._check_bell()
         else:
-            delay = self.backoff.delay(now)
+            delay = min(self.backoff.delay(now), guard_due)
             if delay == 0.0:
                 os.sched_yield()
             else:
@@ -134,9 +150,21 @@ class Worker:
     def _check_bell(self) -> None:
         if self.bell.drain():
             self.backoff.active()
-        else:
-            log.error("rank %d: rank 0 is gone (its bell closed); exiting", self.rank)
-            self.running = False
+            return
+        # Rank 0 closed our bell. On a clean stop its Shutdown is on its way: wait for it a
+        # moment, so only a real loss of rank 0 is reported as one.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            got = self.box.poll()
+            if got is not None:
+                self._handle(got[1])
+                if not self.running:
+                    return
+            else:
+                time.sleep(0.001)
+        log.error("rank %d: rank 0 is gone (its bell closed without a shutdown); exiting",
+                  self.rank)
+        self.running = False
 
     def _handle(self, msg: Any) -> None:
         self.backoff.active()
@@ -148,6 +176,8 @@ class Worker:
             if self.inline:
                 self._send(Done([self._run_inline(w) for w in msg.work]))
             else:
+                held = [w.memory for w, _ in self.child.held] + [w.memory for w in msg.work]
+                self.conf.limit_memory(None if None in held else max(held))
                 self.child.send(msg.work, self.fn_store)
         elif kind is KillRunning:
             if self.child is not None and self.child.busy:
@@ -157,6 +187,18 @@ class Worker:
             self.running = False
         else:
             log.error("rank %d: unexpected message %r", self.rank, kind.__name__)
+
+    def _paused(self, paused: bool) -> None:
+        """The guard paused or resumed the executor: stop the clock of its task, tell rank 0."""
+        now = time.monotonic()
+        if paused:
+            self.paused_at = now
+        elif self.paused_at is not None:
+            if self.child is not None and self.child.held:
+                work, since = self.child.held[0]
+                self.child.held[0] = (work, since + (now - self.paused_at))
+            self.paused_at = None
+        self._send(PauseCores(paused))
 
     def _run_inline(self, work) -> Outcome:
         if work.fn_bytes is None:
