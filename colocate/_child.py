@@ -4,10 +4,8 @@ Started by a worker rank with ``python -m colocate._child`` (a fresh interpreter
 applies its sandbox to itself (pinning, lowest priority, thread limits), then loops: read a frame
 of :class:`~colocate.messages.Work` items from its worker, run them in order, write back
 :class:`~colocate.messages.Outcome` items. A reader thread keeps the pipe drained so the worker
-never blocks on a write while a task computes. Functions are cached by content hash.
-
-Results of back-to-back short tasks are sent together; a result is never held back longer than
-``FLUSH_AFTER`` seconds.
+never blocks on a write while a task computes. Functions are cached by content hash. Each
+outcome is written the moment its task ends (the worker reads them in batches).
 """
 
 from __future__ import annotations
@@ -19,8 +17,6 @@ import queue
 import sys
 import threading
 import time
-
-FLUSH_AFTER = 0.0005   # seconds a finished result may wait to be sent with the next ones
 
 
 def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
@@ -76,32 +72,14 @@ def main() -> None:
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_reader, args=(in_fd, inbox), daemon=True).start()
     cache: dict = {}
-    local: list = []
-    done: list = []
-    last_flush = time.monotonic()
     while True:
-        if not local:
-            if done:
-                write_frame(out_fd, Done(done))
-                done = []
-            batch = inbox.get()
-            if batch is None:
-                return
-            local.extend(batch)
-            last_flush = time.monotonic()
-            continue
-        done.append(run_work(local.pop(0), cache, settings))
-        while not inbox.empty():
-            batch = inbox.get()
-            if batch is None:
-                return
-            local.extend(batch)
-        now = time.monotonic()
-        if now - last_flush > FLUSH_AFTER:
-            write_frame(out_fd, Done(done))
-            done = []
-            last_flush = now
-
+        batch = inbox.get()
+        if batch is None:
+            return
+        for work in batch:
+            # Each outcome is written as soon as it exists: if a later task kills this process,
+            # what finished before is already in the pipe and is not lost.
+            write_frame(out_fd, Done([run_work(work, cache, settings)]))
 
 if __name__ == "__main__":
     main()

@@ -140,6 +140,8 @@ class Connection:
         with self.lock:
             if self.broken is not None:
                 raise BrokenWorld(f"the colocate world is gone: {self.broken}")
+            if self.closing:
+                raise RuntimeError("cannot schedule new futures after shutdown")
             if threading.current_thread() is not self.thread:
                 limit = 4 * self.max_inflight
                 while self.outstanding >= limit and self.broken is None:
@@ -308,7 +310,7 @@ class Connection:
                 else:
                     fut.set_exception(self._error(fut, res))
                     continue
-            except Exception as e:
+            except BaseException as e:   # noqa: BLE001 - even SystemExit must fail only this future
                 fut.set_exception(SerializationError(
                     f"cannot unpickle the result of {fut._label} in the client: "
                     f"{type(e).__name__}: {e}", stage="result", side="client",
@@ -590,7 +592,8 @@ class Executor(cf.Executor):
         """
         changes: dict[str, Any] = {}
         if timeout is not ...:
-            if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            if timeout is not None and not (isinstance(timeout, (int, float))
+                                            and not isinstance(timeout, bool) and timeout > 0):
                 raise ValueError(f"timeout must be a positive number of seconds or None, "
                                  f"found {timeout!r}")
             changes["timeout"] = None if timeout is None else float(timeout)

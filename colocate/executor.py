@@ -157,20 +157,29 @@ class ExecutorProcess:
         ready, _, _ = select.select([self.from_child], [], [], max(0.0, timeout))
         return bool(ready)
 
-    def collect(self) -> list[Outcome]:
-        """Read one batch of outcomes (call when readable). Raises :class:`ChildDied`."""
-        try:
-            done = read_frame(self.from_child)
-        except (EOFError, OSError):
-            raise self._death() from None
-        outcomes = done.outcomes
+    def collect(self) -> tuple[list[Outcome], ChildDied | None]:
+        """Read every outcome the child has written (call when readable).
+
+        Returns the outcomes and, if the child has died, how: outcomes it wrote before dying
+        are never lost, and the death is charged to the task that was running.
+        """
+        outcomes: list[Outcome] = []
+        died = None
+        while True:
+            try:
+                outcomes.extend(read_frame(self.from_child).outcomes)
+            except (EOFError, OSError):
+                died = self._death()
+                break
+            if not select.select([self.from_child], [], [], 0)[0]:
+                break
         for out in outcomes:
             if self.held and self.held[0][0].gid == out.gid:
                 self.held.popleft()
         if self.held:   # the next held task started when the last one finished
             work, since = self.held[0]
             self.held[0] = (work, max(since, time.monotonic()))
-        return outcomes
+        return outcomes, died
 
     def cut_off(self, status: Status, payload: bytes) -> list[Outcome]:
         """Kill the child; the running task ends with ``status``, the rest go back unstarted."""
@@ -203,7 +212,11 @@ class ExecutorProcess:
             limit = self.held[0][0].memory if self.held else None
             return ChildDied(Status.MEMORY, dumps(limit),
                              f"executor child {proc.pid} was killed for exceeding its memory")
-        how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
-               else f"exit code {code}")
+        how = f"exit code {code}"
+        if code is not None and code < 0:
+            try:
+                how = f"signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"signal {-code}"
         return ChildDied(Status.CRASHED, dumps(code),
                          f"executor child {proc.pid if proc else '?'} died with {how}")

@@ -26,7 +26,7 @@ from . import comm as mpi
 from ._child import run_work
 from .bell import Bell
 from .confinement import Confinement
-from .executor import ChildDied, ExecutorProcess
+from .executor import ExecutorProcess
 from .idle import Backoff
 from .messages import (
     Dispatch,
@@ -123,11 +123,11 @@ class Worker:
                 wait = min(wait, deadline - now)
             ready, _, _ = select.select([child.from_child, self.bell], [], [], max(0.0, wait))
             if child.from_child in ready:
-                try:
-                    self._send(Done(child.collect()))
-                except ChildDied as died:
+                outcomes, died = child.collect()
+                if died is not None:
                     log.warning("rank %d: %s; starting a new executor", self.rank, died)
-                    self._send(Done(child.fail_held(died)))
+                    outcomes += child.fail_held(died)
+                self._send(Done(outcomes))
                 self.backoff.active()
             elif deadline is not None and time.monotonic() >= deadline:
                 timeout = child.held[0][0].timeout
