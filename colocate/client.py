@@ -102,6 +102,7 @@ class Connection:
         self.pickle_fn = FunctionPickler()
         self.sent_fns: set[bytes] = set()
         self.lock = threading.Lock()
+        self.send_lock = threading.Lock()   # serializes writes to the stream
         self.room = threading.Condition(self.lock)
         self.outbox: deque[tuple[Future, TaskMsg]] = deque()
         self.inflight: dict[int, Future] = {}
@@ -150,10 +151,23 @@ class Connection:
             if send_fn:
                 self.sent_fns.add(fn_hash)
             msg = TaskMsg(next(self.ids), fn_hash, fn_bytes if send_fn else None, payload, opts)
-            self.outbox.append((fut, msg))
             self.outstanding += 1
+            # Nothing in flight (the latency-bound case): send from this thread, saving a thread
+            # wake-up. Otherwise the connection thread batches what accumulates.
+            direct = not self.outbox and not self.inflight
+            if direct:
+                fut.set_running_or_notify_cancel()
+                self.inflight[msg.id] = fut
+            else:
+                self.outbox.append((fut, msg))
             sleeping = self.sleeping
-        if sleeping:
+        if direct:
+            with self.send_lock:
+                self.stream.send(Submit([msg]))
+                stuck = self.stream.pending
+            if stuck:
+                self._wake()   # the connection thread flushes when the socket is writable
+        elif sleeping:
             self._wake()
         return fut
 
@@ -228,7 +242,8 @@ class Connection:
                 with self.lock:
                     done = self.closing and not self.outbox and not self.inflight
                 if done:
-                    self.stream.send(Bye("client shutdown"))
+                    with self.send_lock:
+                        self.stream.send(Bye("client shutdown"))
                     self._flush(timeout=2.0)
                     break
                 self._wait()
@@ -250,7 +265,8 @@ class Connection:
         ready, writable, _ = select.select([self.stream, self.wake_r], writers, [], 1.0)
         self.sleeping = False
         if writable:
-            self.stream.flush()
+            with self.send_lock:
+                self.stream.flush()
         if self.wake_r in ready:
             try:
                 os.read(self.wake_r, 4096)
@@ -265,7 +281,8 @@ class Connection:
         deadline = time.monotonic() + timeout
         while self.stream.pending and not self.stream.closed and time.monotonic() < deadline:
             select.select([], [self.stream], [], max(0.0, deadline - time.monotonic()))
-            self.stream.flush()
+            with self.send_lock:
+                self.stream.flush()
 
     def _send_queued(self) -> None:
         with self.lock:
@@ -281,10 +298,11 @@ class Connection:
                 self.inflight[msg.id] = fut
                 batch.append(msg)
                 room -= 1
-        for msg in control:
-            self.stream.send(msg)
-        if batch:
-            self.stream.send(Submit(batch))
+        with self.send_lock:
+            for msg in control:
+                self.stream.send(msg)
+            if batch:
+                self.stream.send(Submit(batch))
 
     def _receive(self) -> None:
         for msg in self.stream.receive():
