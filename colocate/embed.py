@@ -38,6 +38,11 @@ def embed(comm: Any, workers: int | None = None, *, config: str | None = None) -
     from .world import serve
     size, rank = comm.Get_size(), comm.Get_rank()
     k = size - 1 if workers is None else workers
+    if size < 3:
+        raise ConfigError(
+            f"found a communicator of {size} rank(s), needs at least 3: one rank schedules, at "
+            "least one runs tasks, and at least one stays a client (start more ranks)",
+            key="embed(comm)")
     if not isinstance(k, int) or k < 2 or k > size - 1:
         raise ConfigError(
             f"found workers={k!r} on a communicator of {size} ranks; needs 2 <= workers <= "

@@ -93,6 +93,20 @@ class Server:
         self.expect_clients = expect_clients
         self.clients_seen = 0
 
+    def await_workers(self, count: int, timeout: float) -> None:
+        """Wait until ``count`` workers have introduced themselves (before the address is out).
+
+        Raises:
+            TimeoutError: some did not within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while self.sched.slots + len(self.sched.lost) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count - self.sched.slots} worker rank(s) did not start "
+                                   f"within {timeout:g} s; see their error output")
+            if not self._poll_workers():
+                time.sleep(0.001)
+
     # ----- signals -------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT drain; a second SIGINT stops at once."""

@@ -118,6 +118,7 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         worker_bells = _collect_worker_bells(listener, address.token, size - 1)
         from .server import Server
         server = Server(comm, cfg, listener, address, worker_bells, expect_clients)
+        server.await_workers(size - 1, WORKER_RING_TIMEOUT)
         if expect_clients is None:
             server.install_signal_handlers()
         if address_file:
