@@ -291,6 +291,12 @@ class _Parser:
                 self.fail(f"expected a directory path, found {_describe(top['output'])}",
                           "output", top, "output")
             output = Path(top["output"]).expanduser()
+            if not output.is_absolute() and ".." in output.parts:
+                escapes = os.path.normpath(output).startswith("..")
+                if escapes:
+                    self.fail(f"found {top['output']!r}, which climbs out of the working "
+                              "directory; expected a path below it, or an absolute path if "
+                              "that is really where results belong", "output", top, "output")
         defaults = self.options(top.get("defaults", {}), OPTION_KEYS, "defaults", top, "defaults")
         if "blocks" in top:
             for key in ("function", "tasks"):

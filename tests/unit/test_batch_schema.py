@@ -453,3 +453,16 @@ def test_shipped_batches_are_valid(path, monkeypatch):
     monkeypatch.chdir(REPO)
     spec = load_batch(REPO / path, check_output=False)
     assert spec.tasks and len({t.task_id for t in spec.tasks}) == len(spec.tasks)
+
+
+def test_output_that_climbs_out_of_the_working_directory_is_refused(tmp_path):
+    from colocate.batch.schema import load_batch
+    from colocate.errors import ConfigError
+    batch = tmp_path / "b.yaml"
+    batch.write_text("name: x\nfunction: json:dumps\ntasks: [{args: [1]}]\n"
+                     "output: ../../elsewhere\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml:4.*output.*climbs out"):
+        load_batch(batch)
+    batch.write_text("name: x\nfunction: json:dumps\ntasks: [{args: [1]}]\n"
+                     "output: runs/../runs/x\n")
+    assert load_batch(batch).output is not None
