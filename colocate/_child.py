@@ -41,6 +41,7 @@ def run_work(work, cache: dict, where: dict):
         args, kwargs = pickle.loads(work.args)
     except BaseException as exc:  # noqa: BLE001 - anything may come out of unpickling
         return Outcome(work.gid, Status.BAD_INPUT, dump_exception(exc), started, time.time())
+    saved = _task_environment(work)
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - the user's exception is the result
@@ -49,12 +50,38 @@ def run_work(work, cache: dict, where: dict):
             return Outcome(work.gid, Status.MEMORY, dumps(work.memory), started, finished)
         return Outcome(work.gid, Status.RAISED, dump_exception(exc), started, finished,
                        qualname(type(exc)))
+    finally:
+        if saved is not None:
+            _restore_environment(saved)
     finished = time.time()
     try:
         payload = dumps(value)
     except BaseException as exc:  # noqa: BLE001
         return Outcome(work.gid, Status.BAD_RESULT, dump_exception(exc), started, finished)
     return Outcome(work.gid, Status.OK, payload, started, finished)
+
+
+def _task_environment(work) -> dict | None:
+    """Set a task's own environment: its GPUs, and thread pools sized to its cores."""
+    if not work.cores and not work.gpus:
+        return None
+    changes = {}
+    if work.gpus:
+        changes["CUDA_VISIBLE_DEVICES"] = ",".join(work.gpus)
+    if work.cores:
+        from .colocation.sandbox import thread_env
+        changes.update(thread_env(len(work.cores)))
+    saved = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    return saved
+
+
+def _restore_environment(saved: dict) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def main() -> None:

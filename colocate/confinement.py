@@ -1,7 +1,8 @@
 """How a worker rank confines its executor: cgroup, per-task memory limit, interference guard.
 
 One :class:`Confinement` per worker rank. It owns the rank's cgroup group (when the node lets us
-write one: cpuset = the rank's cores, idle CPU weight, a memory limit set per task), and the
+write one: cpuset = the rank's cores, widened for a task that asks for several; idle CPU weight;
+a memory limit set per task), and the
 guard that samples the host's use of those cores and pauses the executor (freezer, else
 SIGSTOP) while the host wants them back. Everything degrades: no cgroup means affinity and
 priority only (said once in the log and in ``colocate info``); no guard when pinning is off
@@ -11,6 +12,7 @@ priority only (said once in the log and in ``colocate info``); no guard when pin
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -37,6 +39,8 @@ class Confinement:
     def __init__(self, cfg: dict, rank: int, cores: list[int], budget: int,
                  on_pause: Callable[[bool], None]) -> None:
         co = cfg["co_location"]
+        self.cores = list(cores)
+        self.pinning = co["pinning"]
         self.budget = budget
         self.on_pause = on_pause
         self.child_pid: Callable[[], int | None] = lambda: None
@@ -72,7 +76,6 @@ class Confinement:
         self.next_sample = time.monotonic()
 
     def _own_pids(self) -> list[int]:
-        import os
         return [p for p in (os.getpid(), self.child_pid()) if p]
 
     def _paused(self, act: Callable[[int], None], paused: bool) -> Callable[[int], None]:
@@ -98,6 +101,21 @@ class Confinement:
             except Exception as e:
                 log.warning("could not set the executor's memory limit to %d bytes: %s", limit, e)
 
+    def widen(self, pid: int, cores: tuple[int, ...]) -> None:
+        """Give the executor ``cores`` (a multi-core task), or back its own with ``()``."""
+        cores = list(cores) or self.cores
+        if self.group is not None and self.group.cpus is not None:
+            try:
+                self.group.set_cpus(cores)
+            except Exception as e:
+                log.warning("could not set the executor's cpuset to %s: %s", cores, e)
+        if self.pinning:
+            for tid in _threads(pid):
+                try:
+                    os.sched_setaffinity(tid, cores)
+                except OSError:
+                    pass   # a thread that just ended
+
     def tick(self, now: float) -> float:
         """Run the guard if it is due; returns the seconds until it is due again."""
         if self.guard is None:
@@ -118,3 +136,10 @@ class Confinement:
         if self.guard is not None:
             self.guard.stop()
         self.manager.close()
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]

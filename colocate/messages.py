@@ -142,6 +142,8 @@ class Work(NamedTuple):
     args: bytes
     timeout: float | None
     memory: int | None
+    cores: tuple[int, ...] = ()   # a multi-core task's cores (its own plus lent ones); () = own
+    gpus: tuple[str, ...] = ()    # GPU ids for CUDA_VISIBLE_DEVICES
 
 
 class Dispatch(NamedTuple):
@@ -167,6 +169,7 @@ class WorkerHello(NamedTuple):
     cores: tuple[int, ...]
     memory_budget: int
     detail: dict
+    gpus: tuple[str, ...] = ()    # the node's GPU inventory
 
 
 class Heartbeat(NamedTuple):

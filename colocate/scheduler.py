@@ -11,7 +11,9 @@ What it keeps:
   * per function: a moving average of its run time, which decides whether tasks are sent ahead;
   * per node: the memory reserved by running tasks against the node's budget for functions.
 
-Decisions it makes: placement (warm worker first, then least loaded), retries (crashes, timeouts,
+Decisions it makes: placement (warm worker first, then least loaded; a task asking for k cores or
+for GPUs runs alone on an idle worker while k-1 other idle workers of its node lend their cores,
+and takes GPUs from its node's inventory), retries (crashes, timeouts,
 memory kills and lost workers while ``retries`` last; raised exceptions only when listed in
 ``retry_on``), the drain, and declaring silent workers lost.
 """
@@ -64,6 +66,7 @@ class WorkerJoined:
     cores: tuple[int, ...]
     memory_budget: int
     now: float = 0.0
+    gpus: tuple[str, ...] = ()   # the node's GPU inventory
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +151,8 @@ EWMA = 0.2   # weight of the newest run time in a function's average
 
 
 class _Task:
-    __slots__ = ("gid", "client", "cid", "fn_hash", "args", "opts", "attempts", "rank")
+    __slots__ = ("gid", "client", "cid", "fn_hash", "args", "opts", "attempts", "rank",
+                 "helpers", "cores", "gpus")
 
     def __init__(self, gid: int, client: int | None, msg: TaskMsg) -> None:
         self.gid = gid
@@ -159,6 +163,9 @@ class _Task:
         self.opts: TaskOptions = msg.options
         self.attempts = 0
         self.rank: int | None = None
+        self.helpers: list[_Worker] = []    # workers lending their cores to this task
+        self.cores: tuple[int, ...] = ()
+        self.gpus: tuple[str, ...] = ()
 
 
 @dataclass
@@ -170,6 +177,7 @@ class _Worker:
     assigned: dict[int, _Task] = field(default_factory=dict)   # in dispatch order
     fns: set[bytes] = field(default_factory=set)
     paused: bool = False
+    lent_to: int | None = None    # gid of the multi-core task this worker's cores serve
     done: int = 0
     failed: int = 0
 
@@ -199,6 +207,8 @@ class Scheduler:
         self.mean_runtime: dict[bytes, float] = {}
         self.node_budget: dict[str, int] = {}
         self.node_reserved: dict[str, int] = {}
+        self.node_gpus: dict[str, tuple[str, ...]] = {}
+        self.gpus_free: dict[str, list[str]] = {}
         self.draining = False
         self.retried = 0
         self._next_gid = 0
@@ -287,6 +297,9 @@ class Scheduler:
         self.workers[ev.rank] = _Worker(ev.rank, ev.node, tuple(ev.cores), ev.now)
         self.node_budget[ev.node] = ev.memory_budget
         self.node_reserved.setdefault(ev.node, 0)
+        if ev.node not in self.node_gpus:
+            self.node_gpus[ev.node] = tuple(ev.gpus)
+            self.gpus_free[ev.node] = list(ev.gpus)
 
     def _on_HeardFrom(self, ev: HeardFrom) -> None:
         worker = self.workers.get(ev.rank)
@@ -307,6 +320,7 @@ class Scheduler:
             task = worker.assigned.pop(out.gid, None)
             if task is None:
                 continue
+            cores = task.cores or worker.cores
             self._release(worker, task)
             if out.status == Status.REQUEUE:
                 self._requeue(task)
@@ -325,7 +339,7 @@ class Scheduler:
                 worker.done += 1
             else:
                 worker.failed += 1
-            info = TaskInfo(worker.node, worker.rank, worker.cores, out.started, out.finished,
+            info = TaskInfo(worker.node, worker.rank, cores, out.started, out.finished,
                             task.attempts)
             self._finish(task, ResultMsg(task.cid, out.status, out.payload, info))
 
@@ -335,6 +349,9 @@ class Scheduler:
             return
         self.lost[ev.rank] = ev.reason
         self._out.append(ForgetWorker(ev.rank, ev.reason))
+        for task in self.tasks.values():   # it may have been lending its cores
+            if worker in task.helpers:
+                task.helpers.remove(worker)
         for i, task in enumerate(list(worker.assigned.values())):
             self._release(worker, task)
             if i > 0:   # sent ahead, never started
@@ -378,12 +395,13 @@ class Scheduler:
             client = self.turn[0]
             queue = self.queues[client]
             task = queue[0]
-            worker = self._place(task)
-            if worker is None:       # head of this client's queue does not fit now: next client
+            placed = self._place(task)
+            if placed is None:       # head of this client's queue does not fit now: next client
                 self.turn.rotate(-1)
                 blocked += 1
                 continue
             blocked = 0
+            worker, helpers, gpus = placed
             queue.popleft()
             self.turn.rotate(-1)
             if not queue:
@@ -392,32 +410,78 @@ class Scheduler:
             worker.assigned[task.gid] = task
             if task.opts.memory:
                 self.node_reserved[worker.node] += task.opts.memory
+            task.helpers = helpers
+            task.cores = ()
+            if helpers:
+                for h in helpers:
+                    h.lent_to = task.gid
+                task.cores = tuple(sorted(c for w in (worker, *helpers) for c in w.cores))
+            task.gpus = tuple(gpus)
+            for g in gpus:
+                self.gpus_free[worker.node].remove(g)
             fn_bytes = None
             if task.fn_hash not in worker.fns:
                 fn_bytes = self.fns[task.fn_hash]
                 worker.fns.add(task.fn_hash)
             timeout = task.opts.timeout if task.opts.timeout is not None else self.default_timeout
             batches.setdefault(worker.rank, []).append(
-                Work(task.gid, task.fn_hash, fn_bytes, task.args, timeout, task.opts.memory))
+                Work(task.gid, task.fn_hash, fn_bytes, task.args, timeout, task.opts.memory,
+                     task.cores, task.gpus))
         for rank, work in batches.items():
             self._out.append(SendWork(rank, work))
 
-    def _place(self, task: _Task) -> _Worker | None:
+    def _usable(self, worker: _Worker) -> bool:
+        return not worker.paused and worker.lent_to is None
+
+    def _place(self, task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
+        """Choose where ``task`` runs: a worker, the workers lending it cores, its GPUs."""
+        opts = task.opts
+        if opts.cores > 1 or opts.gpus:
+            return self._place_exclusive(task)
         mean = self.mean_runtime.get(task.fn_hash)
         depth = self.prefetch if mean is not None and mean < self.prefetch_below else 1
         best: _Worker | None = None
         best_key: tuple[int, int] | None = None
         for worker in self.workers.values():
             load = len(worker.assigned)
-            if worker.paused or load >= depth or len(worker.cores) < task.opts.cores:
-                continue
-            if task.opts.memory and (self.node_reserved[worker.node] + task.opts.memory
-                                     > self.node_budget[worker.node]):
+            if not self._usable(worker) or load >= depth or not self._memory_fits(worker, task):
                 continue
             key = (load, 0 if task.fn_hash in worker.fns else 1)
             if best_key is None or key < best_key:
                 best, best_key = worker, key
-        return best
+        return None if best is None else (best, [], [])
+
+    def _place_exclusive(self, task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
+        """Place a task that needs several cores or GPUs: alone, with lent cores.
+
+        It runs on an idle worker of a node where enough other idle workers lend their cores
+        and enough GPUs are free.
+        """
+        opts = task.opts
+        idle: dict[str, list[_Worker]] = {}
+        for worker in self.workers.values():
+            if self._usable(worker) and not worker.assigned:
+                idle.setdefault(worker.node, []).append(worker)
+        for node, free in idle.items():
+            if len(self.gpus_free.get(node, ())) < opts.gpus:
+                continue
+            free.sort(key=lambda w: (0 if task.fn_hash in w.fns else 1, w.rank))
+            chosen: list[_Worker] = []
+            have = 0
+            for w in free:
+                if have >= opts.cores:
+                    break
+                chosen.append(w)
+                have += len(w.cores)
+            if have < opts.cores or not self._memory_fits(chosen[0], task):
+                continue
+            return chosen[0], chosen[1:], self.gpus_free[node][:opts.gpus]
+        return None
+
+    def _memory_fits(self, worker: _Worker, task: _Task) -> bool:
+        memory = task.opts.memory
+        return not memory or (self.node_reserved[worker.node] + memory
+                              <= self.node_budget[worker.node])
 
     def _cannot_run(self, msg: TaskMsg) -> str:
         if msg.fn_hash not in self.fns:
@@ -425,10 +489,18 @@ class Scheduler:
         if not self.workers:
             return ""
         opts = msg.options
-        most_cores = max(len(w.cores) for w in self.workers.values())
+        per_node: dict[str, int] = {}
+        for w in self.workers.values():
+            per_node[w.node] = per_node.get(w.node, 0) + len(w.cores)
+        most_cores = max(per_node.values())
         if opts.cores > most_cores:
-            return (f"the task asks for {opts.cores} cores, but the largest worker has "
-                    f"{most_cores}; ask for fewer cores or start workers with more")
+            return (f"the task asks for {opts.cores} cores, but the most any node offers is "
+                    f"{most_cores} (its worker ranks' spare cores); ask for fewer cores or "
+                    f"start more worker ranks per node")
+        most_gpus = max((len(g) for g in self.node_gpus.values()), default=0)
+        if opts.gpus > most_gpus:
+            return (f"the task asks for {opts.gpus} GPU(s), but the most any node has is "
+                    f"{most_gpus}; check `colocate info` or co_location.gpus")
         if opts.memory:
             budget = max(self.node_budget.values())
             if opts.memory > budget:
@@ -450,6 +522,13 @@ class Scheduler:
         task.rank = None
         if task.opts.memory:
             self.node_reserved[worker.node] -= task.opts.memory
+        for h in task.helpers:
+            h.lent_to = None
+        task.helpers = []
+        if task.gpus:   # back in inventory order, so GPU ids come out predictably
+            free = set(self.gpus_free[worker.node]) | set(task.gpus)
+            self.gpus_free[worker.node] = [g for g in self.node_gpus[worker.node] if g in free]
+            task.gpus = ()
 
     def _requeue(self, task: _Task) -> None:
         if task.client is None:
@@ -486,7 +565,8 @@ class Scheduler:
             current = next(iter(w.assigned.values()), None)
             workers.append({
                 "rank": w.rank, "node": w.node, "cores": list(w.cores),
-                "state": "paused" if w.paused else ("busy" if w.assigned else "idle"),
+                "state": "paused" if w.paused else "lent" if w.lent_to is not None else (
+                    "busy" if w.assigned else "idle"),
                 "current": None if current is None else current.gid,
                 "ahead": max(0, len(w.assigned) - 1), "done": w.done, "failed": w.failed,
             })

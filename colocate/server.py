@@ -191,7 +191,8 @@ class Server:
                 log.info("worker rank %d on %s, cores %s, sandbox %s, cgroup %s, guard %s", rank,
                          msg.node, list(msg.cores), msg.detail.get("sandbox"),
                          msg.detail.get("cgroup"), msg.detail.get("guard"))
-                self._apply(S.WorkerJoined(rank, msg.node, msg.cores, msg.memory_budget, now))
+                self._apply(S.WorkerJoined(rank, msg.node, msg.cores, msg.memory_budget, now,
+                                           msg.gpus))
             got = self.box.poll()
         return True
 

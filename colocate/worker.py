@@ -71,6 +71,7 @@ class Worker:
         self.running = True
         self.conf: Confinement | None = None
         self.paused_at: float | None = None
+        self.widened: int | None = None   # gid of the multi-core task holding lent cores
 
     # ----- set-up --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,7 +91,8 @@ class Worker:
             self.place["detail"]["sandbox"] = self.child.sandbox
             self.place["detail"].update(self.conf.describe())
         self._send(WorkerHello(self.rank, self.place["node"], tuple(self.place["cores"]),
-                               self.place["memory_budget"], self.place["detail"]))
+                               self.place["memory_budget"], self.place["detail"],
+                               tuple(self.place.get("gpus", ()))))
 
     # ----- loop ----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -127,13 +129,16 @@ class Worker:
                 if died is not None:
                     log.warning("rank %d: %s; starting a new executor", self.rank, died)
                     outcomes += child.fail_held(died)
+                self._narrow(outcomes)
                 self._send(Done(outcomes))
                 self.backoff.active()
             elif deadline is not None and time.monotonic() >= deadline:
                 timeout = child.held[0][0].timeout
                 log.warning("rank %d: task exceeded its %g s timeout; killing executor %s",
                             self.rank, timeout, child.pid)
-                self._send(Done(child.cut_off(Status.TIMEOUT, dumps(timeout))))
+                outcomes = child.cut_off(Status.TIMEOUT, dumps(timeout))
+                self._narrow(outcomes)
+                self._send(Done(outcomes))
             if self.bell in ready:
                 self._check_bell()
         else:
@@ -178,15 +183,26 @@ class Worker:
             else:
                 held = [w.memory for w, _ in self.child.held] + [w.memory for w in msg.work]
                 self.conf.limit_memory(None if None in held else max(held))
+                wide = [w for w in msg.work if w.cores]
+                if wide:   # the scheduler sends a multi-core task alone to an idle worker
+                    self.conf.widen(self.child.pid, wide[0].cores)
+                    self.widened = wide[0].gid
                 self.child.send(msg.work, self.fn_store)
         elif kind is KillRunning:
             if self.child is not None and self.child.busy:
-                self._send(Done(self.child.cut_off(Status(msg.status),
-                                                   dumps("cut off by the drain"))))
+                outcomes = self.child.cut_off(Status(msg.status), dumps("cut off by the drain"))
+                self._narrow(outcomes)
+                self._send(Done(outcomes))
         elif kind is Shutdown:
             self.running = False
         else:
             log.error("rank %d: unexpected message %r", self.rank, kind.__name__)
+
+    def _narrow(self, outcomes: list[Outcome]) -> None:
+        """Give back lent cores once the multi-core task they served has ended."""
+        if self.widened is not None and any(o.gid == self.widened for o in outcomes):
+            self.conf.widen(self.child.pid, ())
+            self.widened = None
 
     def _paused(self, paused: bool) -> None:
         """The guard paused or resumed the executor: stop the clock of its task, tell rank 0."""

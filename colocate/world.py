@@ -141,7 +141,9 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         # The rank shares its executor's core: it sleeps while the executor computes, and a
         # hand-over on one core costs a few microseconds where one across cores costs ~25.
         os.sched_setaffinity(0, cores)
-    place = {"node": names[rank], "cores": cores,
+    from .colocation.topology import Topology
+    gpus = [g.id for g in Topology.probe(cfg["co_location"]).gpus]
+    place = {"node": names[rank], "cores": cores, "gpus": gpus,
              "memory_budget": memory_budget(cfg["co_location"]["memory_budget"]),
              "detail": {"spare": spare, "source": source, "pid": os.getpid()}}
     bell = bells.Bell(bells.ring_up(address.host, address.bell_port,

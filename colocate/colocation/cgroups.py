@@ -366,6 +366,17 @@ class Group:
         """Processes in the group now."""
         return fs.procs(self._dirs[0]) if self._dirs and not self.removed else []
 
+    def set_cpus(self, cpus: list[int]) -> None:
+        """Change the group's cpuset (a task that asks for several cores widens it).
+
+        Raises:
+            CgroupError: no cpuset controller, or the kernel refused the cores.
+        """
+        if "cpuset" not in self.manager.controllers:
+            raise CgroupError(f"no cpuset controller for group {self.name!r}")
+        fs.write(os.path.join(self._dir("cpuset"), "cpuset.cpus"), format_cpulist(cpus))
+        self.cpus = list(cpus)
+
     def set_memory(self, memory_bytes: int) -> None:
         """Set the hard memory limit (v1 also caps memory+swap, so swap cannot extend it).
 

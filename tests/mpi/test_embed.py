@@ -84,8 +84,8 @@ def test_offload_app_with_more_compute_ranks(mpirun):
 def test_offload_app_with_too_few_ranks_explains(mpirun):
     job = mpirun(2, sys.executable, str(APP), timeout=50)
     assert job.returncode == 2, f"{job.stdout}\n{job.stderr}"
-    assert "found workers=2 on a communicator of 2 ranks" in job.stderr
-    assert "run with more ranks" in job.stderr
+    assert "found a communicator of 2 rank(s), needs at least 3" in job.stderr
+    assert "start more ranks" in job.stderr
     assert "Traceback" not in job.stderr
 
 

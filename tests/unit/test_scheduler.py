@@ -173,3 +173,46 @@ def test_paused_workers_get_no_new_work(paused):
     s.handle(S.WorkerPaused(1, paused))
     out = s.handle(S.Submitted(7, [task(0, FN_BYTES)]))
     assert (out == []) == paused
+
+
+def sched_gpus(workers=2, gpus=("0", "1"), **kw):
+    s = S.Scheduler(**kw)
+    for r in range(1, workers + 1):
+        s.handle(S.WorkerJoined(r, "n1", (r,), 1000, 0.0, gpus))
+    s.handle(S.ClientJoined(7))
+    return s
+
+
+def test_multi_core_task_borrows_idle_workers_of_its_node():
+    s = sched_gpus(workers=3)
+    out = s.handle(S.Submitted(7, [task(0, FN_BYTES, cores=2), task(1)]))
+    assert out == [S.SendWork(1, [Work(0, FN, FN_BYTES, b"args0", None, None, (1, 2), ())]),
+                   S.SendWork(3, [work(1, FN_BYTES)])]
+    assert [w["state"] for w in s.snapshot()["workers"]] == ["busy", "lent", "busy"]
+    out = s.handle(S.WorkerDone(1, [ok(0, 1.0, 2.0)]))
+    assert out[-1].results[0].info.cores == (1, 2)
+    assert [w["state"] for w in s.snapshot()["workers"]] == ["idle", "idle", "busy"]
+
+
+def test_multi_core_task_waits_for_enough_idle_workers():
+    s = sched_gpus(workers=2)
+    s.handle(S.Submitted(7, [task(0, FN_BYTES)]))
+    assert s.handle(S.Submitted(7, [task(1, cores=2)])) == []   # worker 1 is busy
+    out = s.handle(S.WorkerDone(1, [ok(0, 1.0, 2.0)]))
+    assert out[0] == S.SendWork(1, [Work(1, FN, None, b"args1", None, None, (1, 2), ())])
+
+
+def test_gpus_are_leased_from_the_node_inventory_and_returned():
+    s = sched_gpus(workers=2)
+    out = s.handle(S.Submitted(7, [task(0, FN_BYTES, gpus=2), task(1, gpus=1)]))
+    assert out == [S.SendWork(1, [Work(0, FN, FN_BYTES, b"args0", None, None, (), ("0", "1"))])]
+    out = s.handle(S.WorkerDone(1, [ok(0, 1.0, 2.0)]))
+    assert out[0] == S.SendWork(1, [Work(1, FN, None, b"args1", None, None, (), ("0",))])
+
+
+def test_tasks_asking_more_cores_or_gpus_than_any_node_has_are_rejected():
+    s = sched_gpus(workers=2)
+    out = s.handle(S.Submitted(7, [task(0, FN_BYTES, cores=3), task(1, gpus=3)]))
+    payloads = [pickle.loads(r.payload) for r in out[0].results]
+    assert [r.status for r in out[0].results] == [Status.REJECTED, Status.REJECTED]
+    assert "most any node offers is 2" in payloads[0] and "3 GPU(s)" in payloads[1]
