@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("batch")
     b.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"))
     b.add_argument("--wait", action="store_true",
-                   help="wait for the results (this client records them; the default)")
+                   help="stay and show progress until every result is recorded (without it, "
+                   "a recorder in the background writes the run directory)")
     b.add_argument("--resume", metavar="RUN_DIR", nargs="?", const=True)
     b.add_argument("--no-progress", action="store_true")
 
@@ -196,9 +197,42 @@ def _submit(args: argparse.Namespace) -> int:
     from .batch.commands import cmd_run
     from .client import Executor
     address = _need_address(args)
+    if not args.wait:
+        return _submit_detached(args, address)
     progress = False if args.no_progress else None
     return cmd_run(args.batch, lambda n: Executor(address=address), resume=args.resume,
                    progress=progress)
+
+
+def _submit_detached(args: argparse.Namespace, address: str) -> int:
+    """Check the batch and the server now, then leave the run to a recorder in the background.
+
+    The recorder is ``colocate submit --wait`` in a session of its own: it writes the run
+    directory as results arrive and survives this shell. Its output goes to a log file.
+    """
+    import subprocess
+    import time
+
+    from . import address as addr
+    from .batch.schema import load_batch
+    if args.batch is None:
+        raise ConfigError("submit needs a batch file")
+    spec = load_batch(args.batch)
+    addr.read(address)   # fail now, not in the background, if there is no server
+    out = spec.output or f"runs/{spec.name}-<timestamp> (named in the log)"
+    log_path = os.path.abspath(f"colocate-submit-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+                               ".log")
+    cmd = [sys.executable, "-m", "colocate", "submit", args.batch, "--address", address,
+           "--wait", "--no-progress"]
+    if args.resume:
+        cmd += ["--resume"] + ([] if args.resume is True else [str(args.resume)])
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+    print(f"submitted batch {spec.name!r} ({len(spec.tasks)} tasks) to {address}\n"
+          f"  results: {out}\n  recorder: pid {proc.pid}, log {log_path}\n"
+          f"  follow with: colocate status --address {address}; colocate report {out}")
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:

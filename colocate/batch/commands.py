@@ -175,6 +175,8 @@ def _fresh_default(spec: BatchSpec) -> Path:
 
 
 def _hints(summary: RunSummary, err: IO[str]) -> None:
+    if summary.error:
+        print(f"colocate: the run stopped early: {summary.error}", file=err, flush=True)
     if summary.failed:
         print(f"colocate: {summary.failed} task(s) failed; details: colocate report "
               f"{summary.run_dir}", file=err, flush=True)

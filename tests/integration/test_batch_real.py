@@ -81,3 +81,40 @@ def test_kill_minus_nine_then_resume_gives_the_uninterrupted_results(tmp_path):
     ok = [r for r in records(tmp_path / "out") if r["status"] == "ok"]
     assert len(ok) == n == len({r["task_id"] for r in ok}), "a result was lost or duplicated"
     assert sorted(r["result"] for r in ok) == [x * x for x in range(n)]
+
+
+@pytest.mark.timeout(120)
+def test_submit_without_wait_returns_at_once_and_a_recorder_writes_the_results(tmp_path):
+    log = open(tmp_path / "world.log", "wb")
+    world = subprocess.Popen(["mpiexec", "-n", "2", sys.executable, "-m", "colocate", "serve",
+                              "--address-file", str(tmp_path / "addr")], cwd=tmp_path,
+                             env={**ENV, "COLOCATE_LOG": "info",
+                                  # a one-worker world: the guard must not pause it for the
+                                  # test suite's own load on the worker's core
+                                  "COLOCATE_GUARD_ENABLED": "false"}, stdout=log,
+                             stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "addr").exists():
+            assert time.monotonic() < deadline and world.poll() is None, "the world did not start"
+            time.sleep(0.05)
+        batch = tmp_path / "b.yaml"
+        batch.write_text("name: sq\nfunction: slow_kernels:slow_square\n"
+                         "tasks:\n  product: {x: [1, 2, 3], delay: [0.3]}\noutput: out\n")
+        started = time.monotonic()
+        sub = colocate("submit", str(batch), "--address", str(tmp_path / "addr"), cwd=tmp_path,
+                       check_rc=0)
+        assert time.monotonic() - started < 10 and "recorder: pid" in sub.stdout, sub.stdout
+        deadline = time.monotonic() + 60
+        while len([r for r in (records(tmp_path / "out") if (tmp_path / "out" /
+                   "results.jsonl").exists() else []) if r["status"] == "ok"]) < 3:
+            assert time.monotonic() < deadline, "the recorder did not record every result"
+            time.sleep(0.05)
+        assert sorted(r["result"] for r in records(tmp_path / "out")) == [1, 4, 9]
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("name: sq\nfunction: slow_kernels:no_such\ntasks: [{args: [1]}]\n")
+        colocate("submit", str(bad), "--address", str(tmp_path / "addr"), cwd=tmp_path,
+                 check_rc=2)
+    finally:
+        colocate("stop", "--address", str(tmp_path / "addr"), cwd=tmp_path)
+        world.wait(30)
