@@ -19,6 +19,11 @@ Layouts, and what colocate does with each:
 - **hybrid** (v1 controllers plus a ``cgroup2`` mount without controllers, as on systemd hosts
   in legacy mode): v2 is unusable, v1 is used.
 
+CPU weight is relative among the entities of one run queue, so the host's processes compete
+with our topmost group, not with the executor's leaf: every level colocate creates is made
+idle, not only the leaf (an idle leaf under a default-weight parent still took half of a core
+the host wanted, measured with ``bench/interference.py``).
+
 Nothing is left behind: groups live under ``<base>/<root_name>/<hostname>-<pid>/`` (``pid`` of
 the process that owns the :class:`CgroupManager`), :meth:`CgroupManager.close` removes them
 (it is also run at interpreter exit), and :meth:`CgroupManager.cleanup_stale` removes the
@@ -268,6 +273,17 @@ class CgroupManager:
             fs.enable_v2(path, [c for c in V2_CONTROLLERS if c in self.controllers])
 
 
+def _make_cpu_idle(d: str, v1: bool) -> None:
+    """Give the group ``d`` the lowest CPU weight: ``cpu.idle=1``, else the smallest weight."""
+    if (fs.read(os.path.join(d, "cpu.idle")) or "").strip() == "1":
+        return   # already (another rank's group shares the level); shares cannot change now
+    if v1:
+        fs.write(os.path.join(d, "cpu.shares"), "2")
+        fs.try_write(os.path.join(d, "cpu.idle"), "1")  # after shares: idle blocks it
+    elif not fs.try_write(os.path.join(d, "cpu.idle"), "1"):
+        fs.write(os.path.join(d, "cpu.weight"), "1")
+
+
 class Group:
     """One cgroup (one directory per v1 hierarchy, or one v2 directory) for an executor.
 
@@ -326,11 +342,12 @@ class Group:
         if "cpu" in ctrls:
             d = self._dir("cpu")
             if idle:
-                if v1:
-                    fs.write(os.path.join(d, "cpu.shares"), "2")
-                    fs.try_write(os.path.join(d, "cpu.idle"), "1")  # after shares: idle blocks it
-                elif not fs.try_write(os.path.join(d, "cpu.idle"), "1"):
-                    fs.write(os.path.join(d, "cpu.weight"), "1")
+                # SCHED_IDLE and weights only rank entities of one run queue: the host's
+                # processes compete with our top group, not with this leaf. Every level we
+                # created is made idle, or the host would share its cores half and half.
+                top = os.path.dirname(os.path.dirname(d))
+                for level in (top, os.path.dirname(d), d):
+                    _make_cpu_idle(level, v1)
                 self.idle = True
             if quota is not None:
                 us = max(1000, int(quota * CFS_PERIOD_US))

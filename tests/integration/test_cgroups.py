@@ -152,6 +152,28 @@ def test_idle_weight_and_quota_written(manager):
         assert open(os.path.join(d, "cpu.max")).read().split() == ["50000", "100000"]
 
 
+SPIN = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])}); print(1, flush=True)\n" \
+       "while True: pass"
+
+
+@needs("cpu")
+@pytest.mark.timeout(30)
+def test_an_idle_group_yields_its_core_to_a_process_outside_it(manager, procs):
+    """The host's process competes with our topmost group: it must win nearly all the core."""
+    core = max(os.sched_getaffinity(0))
+    group = manager.create("yielding", cpu_weight_idle=True)
+    ours, host = (subprocess.Popen([sys.executable, "-c", SPIN, str(core)],
+                                   stdout=subprocess.PIPE, text=True) for _ in range(2))
+    procs.extend([ours, host])
+    group.add(ours.pid)
+    os.sched_setaffinity(ours.pid, {core})   # joining a v1 cpuset resets the affinity
+    assert ours.stdout.readline() and host.stdout.readline()
+    before = cpu_time(ours.pid), cpu_time(host.pid)
+    time.sleep(1.0)   # a measuring window, not a wait for a condition
+    got_ours, got_host = (cpu_time(p.pid) - b for p, b in zip((ours, host), before, strict=True))
+    assert got_host > 0.85 * (got_ours + got_host), (got_ours, got_host)
+
+
 @needs_cgroups
 @pytest.mark.timeout(30)
 def test_remove_moves_stragglers_out_and_cleanup_leaves_nothing(procs):
