@@ -110,6 +110,7 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
     names = mpi.allgather(comm, node_name(cfg))
     workers = list(range(1, size))
     if rank == 0:
+        _confine_scheduler(cfg)
         host = "127.0.0.1" if len(set(names)) == 1 and cfg["server"]["bind"] == "auto" else (
             mpi.host_address(cfg["server"]["bind"]))
         listener = bells.listen(host)
@@ -155,6 +156,26 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
     from .worker import Worker
     Worker(comm, bell, place, cfg).run()
     return 0
+
+
+def _confine_scheduler(cfg: dict) -> None:
+    """Keep rank 0 off the host's cores: pin it to this node's spare cores.
+
+    It keeps its normal priority, so it preempts our SCHED_IDLE executors at once and schedules
+    without delay; what it costs comes out of the spare cores, not the host's.
+    """
+    if not cfg["co_location"]["pinning"]:
+        return
+    try:
+        spare, source = spare_cores(cfg)
+    except ConfigError as e:
+        log.warning("rank 0 is not pinned: %s", e)
+        return
+    if not spare:
+        log.warning("rank 0 is not pinned: no spare core found on this node")
+        return
+    os.sched_setaffinity(0, spare)
+    log.info("rank 0 pinned to spare cores %s (%s)", spare, source)
 
 
 def _collect_worker_bells(listener: Any, token: str, count: int) -> dict[int, bells.Bell]:

@@ -52,3 +52,12 @@ def test_gpus_come_from_the_configured_inventory(two_workers):
     assert one["gpus"] in ("g0", "g1") and both["gpus"] == "g0,g1"
     with pytest.raises(Exception, match="3 GPU"):
         two_workers.options(gpus=3).submit(where).result(30)
+
+
+def test_rank_0_stays_on_the_spare_cores(world_factory):
+    import psutil
+    world = world_factory(2, env={"COLOCATE_CO_LOCATION_SPARE_CORES": "1"})
+    serving = [p for p in psutil.Process(world.proc.pid).children(recursive=True)
+               if "serve" in p.cmdline() and p.environ().get("PMI_RANK") == "0"]
+    assert len(serving) == 1, serving
+    assert serving[0].cpu_affinity() == [1]
