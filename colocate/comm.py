@@ -18,6 +18,10 @@ mpi4py.rc.recv_mprobe = True
 from mpi4py import MPI  # noqa: E402  (rc must be set before the import initializes MPI)
 
 ANY_SOURCE = MPI.ANY_SOURCE
+# Error classes of a fault-tolerant MPI (ULFM: Open MPI's ``mpiexec --with-ft ulfm``) when a
+# peer has died. Other MPIs end the whole job instead, and never raise these.
+_PEER_DIED = {c for c in (getattr(MPI, "ERR_PROC_FAILED", None),
+                          getattr(MPI, "ERR_PROC_FAILED_PENDING", None)) if c is not None}
 
 
 def world() -> tuple[Any, int, int]:
@@ -57,23 +61,43 @@ class Mailbox:
         self._status = MPI.Status()
 
     def send(self, obj: Any, dest: int) -> None:
-        """Queue ``obj`` for ``dest`` and return at once."""
-        self._pending.append(self.comm.isend(obj, dest))
+        """Queue ``obj`` for ``dest`` and return at once (dropped if ``dest`` has died)."""
+        try:
+            self._pending.append(self.comm.isend(obj, dest))
+        except MPI.Exception as e:
+            if e.Get_error_class() not in _PEER_DIED:
+                raise
+            self._acknowledge()
         if len(self._pending) >= 64:
-            self._pending = [r for r in self._pending if not r.Test()]
+            self._pending = [r for r in self._pending if not _done(r)]
 
     def poll(self) -> tuple[int, Any] | None:
-        """Return ``(source, message)`` if one has arrived, else ``None``, without waiting."""
-        msg = self.comm.improbe(ANY_SOURCE, 0, self._status)
+        """Return ``(source, message)`` if one has arrived, else ``None``, without waiting.
+
+        Under a fault-tolerant MPI a dead peer makes a wildcard probe fail; the failure is
+        acknowledged (so the next probe works again) and ``None`` returned: the loops learn of
+        the death from the peer's bell, which closed with it.
+        """
+        try:
+            msg = self.comm.improbe(ANY_SOURCE, 0, self._status)
+        except MPI.Exception as e:
+            if e.Get_error_class() not in _PEER_DIED:
+                raise
+            self._acknowledge()
+            return None
         if msg is None:
             return None
         return self._status.Get_source(), msg.recv()
+
+    def _acknowledge(self) -> None:
+        self.comm.Ack_failed()
+        self._pending = [r for r in self._pending if not _done(r)]
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait up to ``timeout`` seconds for queued sends to complete; True if all did."""
         deadline = time.monotonic() + timeout
         while self._pending:
-            self._pending = [r for r in self._pending if not r.Test()]
+            self._pending = [r for r in self._pending if not _done(r)]
             if not self._pending:
                 break
             if time.monotonic() > deadline:
@@ -89,6 +113,16 @@ class Mailbox:
             except MPI.Exception:
                 pass
         self._pending = []
+
+
+def _done(req: Any) -> bool:
+    """Whether a send request has completed, or failed because its peer died."""
+    try:
+        return req.Test()
+    except MPI.Exception as e:
+        if e.Get_error_class() not in _PEER_DIED:
+            raise
+        return True
 
 
 def host_address(bind: str) -> str:
