@@ -63,11 +63,12 @@ def kill_tagged(tag: str, timeout: float = 10.0) -> list[str]:
     return killed
 
 
-def clean_env(tag: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Our environment without MPI or ``COLOCATE_`` variables, plus the bench settings and tag."""
+def clean_env(tag: str, extra: dict[str, str] | None = None,
+              settings: dict[str, str] = BENCH_ENV) -> dict[str, str]:
+    """Our environment without MPI or ``COLOCATE_`` variables, plus ``settings``, tag, ``extra``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(_MPI_PREFIXES) and not k.startswith("COLOCATE_")}
-    env.update(BENCH_ENV)
+    env.update(settings)
     env[TAG_VAR] = tag
     env.update(extra or {})
     return env
