@@ -20,11 +20,11 @@ Layouts, and what colocate does with each:
   in legacy mode): v2 is unusable, v1 is used.
 
 CPU weight is relative among the entities of one run queue, so the host's processes compete
-with our topmost group, not with the executor's leaf: every level colocate creates is made
-idle, not only the leaf (an idle leaf under a default-weight parent still took half of a core
+with our per-process group, not with the executor's leaf: both levels are made idle, not only
+the leaf (an idle leaf under a default-weight parent still took half of a core
 the host wanted, measured with ``bench/interference.py``).
 
-Nothing is left behind: groups live under ``<base>/<root_name>/<hostname>-<pid>/`` (``pid`` of
+Nothing is left behind: groups live under ``<base>/<root_name>-<hostname>-<pid>/`` (``pid`` of
 the process that owns the :class:`CgroupManager`), :meth:`CgroupManager.close` removes them
 (it is also run at interpreter exit), and :meth:`CgroupManager.cleanup_stale` removes the
 empty leftovers of colocate processes that died without closing.
@@ -178,7 +178,6 @@ class CgroupManager:
         if self._parents:
             for d in fs.unique(self._parents.values()):
                 fs.rmdir_quiet(d)
-                fs.rmdir_quiet(os.path.dirname(d))  # <root_name>, if no other process uses it
             self._parents = None
         if self._atexit:
             atexit.unregister(self.close)
@@ -193,7 +192,7 @@ class CgroupManager:
     def cleanup_stale(self) -> list[str]:
         """Remove the groups of colocate processes on this host that died without cleaning up.
 
-        Looks at ``<base>/<root_name>/<hostname>-<pid>`` for this host's name and pids that no
+        Looks at ``<base>/<root_name>-<hostname>-<pid>`` for this host's name and pids that no
         longer exist; removes their groups that hold no process, then the parent. Groups that
         still hold processes are left (their processes may still be computing) and logged by
         the caller from the returned list's absence.
@@ -205,17 +204,17 @@ class CgroupManager:
         if not self.available:
             return removed
         host = socket.gethostname()
+        prefix = f"{self.root_name}-"
         for base in fs.unique(self._bases.values()):
-            top = os.path.join(base, self.root_name)
             try:
-                entries = os.listdir(top)
+                entries = [e for e in os.listdir(base) if e.startswith(prefix)]
             except OSError:
                 continue
             for entry in entries:
-                owner, _, pid = entry.rpartition("-")
+                owner, _, pid = entry[len(prefix):].rpartition("-")
                 if owner != host or not pid.isdigit() or fs.pid_alive(int(pid)):
                     continue
-                parent = os.path.join(top, entry)
+                parent = os.path.join(base, entry)
                 for child in fs.subdirs(parent):
                     if not fs.procs(child) and fs.rmdir_quiet(child):
                         removed.append(child)
@@ -236,23 +235,18 @@ class CgroupManager:
     def _ensure_parents(self) -> dict[str, str]:
         if self._parents is not None:
             return self._parents
-        leaf = f"{socket.gethostname()}-{os.getpid()}"
+        # One top-level group per process, not a shared <root_name>/ parent: CPU weight and
+        # cpu.idle act between siblings, so a shared parent would carry one world's priority
+        # over to every other world on the node.
+        own = f"{self.root_name}-{socket.gethostname()}-{os.getpid()}"
         parents: dict[str, str] = {}
         if self.version == 2:
-            # The base must pass the controllers down before <root_name> can use them.
+            # The base must pass the controllers down before our group can use them.
             fs.enable_v2(self._bases[""], [c for c in V2_CONTROLLERS if c in self.controllers])
         for ctrl, base in self._bases.items():
-            top = os.path.join(base, self.root_name)
-            parent = os.path.join(top, leaf)
+            parent = os.path.join(base, own)
             if parent not in parents.values():
-                for attempt in range(5):  # another rank may rmdir <root_name> under our feet
-                    try:
-                        self._mkdir(top, ctrl)
-                        self._mkdir(parent, ctrl)
-                        break
-                    except FileNotFoundError:
-                        if attempt == 4:
-                            raise
+                self._mkdir(parent, ctrl)
             parents[ctrl] = parent
         self._parents = parents
         if not self._atexit:
@@ -343,10 +337,9 @@ class Group:
             d = self._dir("cpu")
             if idle:
                 # SCHED_IDLE and weights only rank entities of one run queue: the host's
-                # processes compete with our top group, not with this leaf. Every level we
-                # created is made idle, or the host would share its cores half and half.
-                top = os.path.dirname(os.path.dirname(d))
-                for level in (top, os.path.dirname(d), d):
+                # processes compete with our per-process group, not with this leaf. Both
+                # levels are made idle, or the host would share its cores half and half.
+                for level in (os.path.dirname(d), d):
                     _make_cpu_idle(level, v1)
                 self.idle = True
             if quota is not None:
