@@ -6,6 +6,9 @@ of :class:`~colocate.messages.Work` items from its worker, run them in order, wr
 :class:`~colocate.messages.Outcome` items. A reader thread keeps the pipe drained so the worker
 never blocks on a write while a task computes. Functions are cached by content hash. Each
 outcome is written the moment its task ends (the worker reads them in batches).
+
+``Ref`` arguments (:mod:`colocate.store`) are resolved here, just before the call: an array held
+on this machine is mapped read-only from its worker rank's memory, without a copy.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
 
 def run_work(work, cache: dict, where: dict):
     """Run one Work item; return an Outcome. Never raises."""
+    from . import store
     from .messages import Outcome, Status, dump_exception, dumps, qualname
     started = time.time()
     try:
@@ -41,7 +45,15 @@ def run_work(work, cache: dict, where: dict):
         args, kwargs = pickle.loads(work.args)
     except BaseException as exc:  # noqa: BLE001 - anything may come out of unpickling
         return Outcome(work.gid, Status.BAD_INPUT, dump_exception(exc), started, time.time())
+    try:
+        args, kwargs = store.resolve(args, kwargs)
+    except Exception as exc:  # noqa: BLE001 - e.g. ObjectLost: the caller's error, as raised
+        return Outcome(work.gid, Status.RAISED, dump_exception(exc), started, time.time(),
+                       qualname(type(exc)))
     saved = _task_environment(work)
+    ctx = store._context
+    if ctx is not None:
+        ctx.gid = work.gid
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - the user's exception is the result
@@ -51,8 +63,11 @@ def run_work(work, cache: dict, where: dict):
         return Outcome(work.gid, Status.RAISED, dump_exception(exc), started, finished,
                        qualname(type(exc)))
     finally:
+        if ctx is not None:
+            ctx.gid = None
         if saved is not None:
             _restore_environment(saved)
+        del args, kwargs   # drop mapped arguments before the next task
     finished = time.time()
     try:
         payload = dumps(value)
@@ -88,6 +103,8 @@ def main() -> None:
     """Entry point: ``python -m colocate._child IN_FD OUT_FD SETTINGS_JSON``."""
     in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])
     settings = json.loads(sys.argv[3])
+    from .store import context_from_environment
+    context_from_environment()
     from .colocation.sandbox import apply_sandbox
     applied = apply_sandbox(settings.get("cores"), settings.get("priority", "idle"),
                             settings.get("threads"), settings.get("memory_limit"),

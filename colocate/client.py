@@ -11,6 +11,11 @@ thread owns the socket (:mod:`colocate.stream`; clients need no MPI). It sleeps 
 the socket and a wake-up pipe, so a client costs no CPU while it waits. ``submit`` waits
 when the client has ``4 x max_inflight`` tasks outstanding (backpressure), except from inside a
 future's callback, where waiting could deadlock.
+
+Object store: ``put`` asks rank 0 where the object goes (a ``PutRequest`` answered by a
+``PutReply``), then sends the data to that worker's data port itself (:mod:`colocate.datalink`);
+the connection keeps a registry of the refs this client owns and tells rank 0 (``FreeRefs``,
+sent by the connection thread) when the last one of an object is gone.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import select
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import address as addr
+from . import store
 from .bell import ring_up
 from .errors import (
     AuthenticationError,
@@ -37,6 +44,7 @@ from .errors import (
     MemoryLimitExceeded,
     SerializationError,
     ServerUnavailable,
+    StoreFull,
     TaskError,
     TaskInterrupted,
     TaskTimeout,
@@ -46,7 +54,10 @@ from .errors import (
 from .messages import (
     Bye,
     Cancel,
+    FreeRefs,
     FunctionPickler,
+    PutReply,
+    PutRequest,
     ResultMsg,
     Results,
     Status,
@@ -72,6 +83,7 @@ class Future(cf.Future):
 
     info: TaskInfo | None = None
     _label = ""
+    _refs: list | None = None   # Refs in the task's arguments, kept alive until it is done
 
 
 class Connection:
@@ -79,9 +91,10 @@ class Connection:
 
     Args:
         address: the server's address (from its address file).
+        transport: how stored objects travel (config ``store.transport``).
     """
 
-    def __init__(self, address: addr.Address) -> None:
+    def __init__(self, address: addr.Address, transport: str = "auto") -> None:
         self.address = address
         try:
             sock = ring_up(address.host, address.bell_port,
@@ -115,7 +128,15 @@ class Connection:
         self.closing = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
+        self.wake_closed = False
         self.sleeping = False
+        self.world = store.world_id(address.token)
+        from .datalink import register_world
+        register_world(self.world, address.token, transport)
+        self.refs: dict[int, weakref.ref] = {}   # objects this client owns: id -> live Ref
+        self.refs_lock = threading.Lock()
+        self.to_free: deque[int] = deque()        # appended by finalizers: no lock taken there
+        self.req_ids = itertools.count()
         self.thread = threading.Thread(target=self._run, name="colocate-connection", daemon=True)
         self.thread.start()
 
@@ -132,7 +153,8 @@ class Connection:
                 stage="function", side="client", task=fut._label))
             return fut
         try:
-            payload = dumps((args, kwargs))
+            with store.collecting() as refs:
+                payload = dumps((args, kwargs))
         except Exception as e:
             fut.set_exception(SerializationError(
                 f"cannot pickle the arguments of {fut._label}: {type(e).__name__}: {e}",
@@ -150,7 +172,10 @@ class Connection:
             send_fn = fn_hash not in self.sent_fns
             if send_fn:
                 self.sent_fns.add(fn_hash)
-            msg = TaskMsg(next(self.ids), fn_hash, fn_bytes if send_fn else None, payload, opts)
+            msg = TaskMsg(next(self.ids), fn_hash, fn_bytes if send_fn else None, payload, opts,
+                          store.preferred_node(refs))
+            if refs:
+                fut._refs = refs   # the objects stay alive while the task may read them
             self.outstanding += 1
             # Nothing in flight (the latency-bound case): send from this thread, saving a thread
             # wake-up. Otherwise the connection thread batches what accumulates.
@@ -171,8 +196,9 @@ class Connection:
             self._wake()
         return fut
 
-    def request(self, msg: Any, reply_type: type, timeout: float = 30.0) -> Any:
-        """Send a control message and wait (bounded) for its reply."""
+    def request(self, msg: Any, reply_type: type, timeout: float = 30.0,
+                match: Callable[[Any], bool] | None = None) -> Any:
+        """Send a control message and wait (bounded) for its reply (the first that ``match``es)."""
         with self.lock:
             self.control.append(msg)
         self._wake()
@@ -180,7 +206,7 @@ class Connection:
         with self.lock:
             while True:
                 for i, r in enumerate(self.replies):
-                    if isinstance(r, reply_type):
+                    if isinstance(r, reply_type) and (match is None or match(r)):
                         del self.replies[i]
                         return r
                 if self.broken is not None:
@@ -216,10 +242,81 @@ class Connection:
             return
 
     def _wake(self) -> None:
+        if self.wake_closed:
+            return
         try:
             os.write(self.wake_w, b"x")
         except OSError:
             pass
+
+    # ----- stored objects ------------------------------------------------------------------------
+    def put(self, obj: Any, node: str | None) -> store.Ref:
+        """Store ``obj`` on a worker (see :meth:`Executor.put`)."""
+        from .datalink import machine_id, put
+        meta, view = store.encode(obj)
+        req = next(self.req_ids)
+        reply = self.request(PutRequest(req, view.nbytes, node, machine_id()), PutReply,
+                             match=lambda r: r.req == req)
+        if reply.error:
+            if reply.full:
+                raise StoreFull(reply.error)
+            raise ValueError(f"cannot put: {reply.error}")
+        try:
+            oid, fd = put(self.world, reply.where, reply.rank, reply.node, reply.ref_id, meta,
+                          view)
+        except BaseException:
+            self.release(reply.ref_id)
+            raise
+        ref = store.Ref(self.world, oid, reply.node, reply.rank, view.nbytes, meta, reply.where,
+                        fd)
+        self.own(ref)
+        return ref
+
+    def own(self, ref: store.Ref) -> None:
+        """Make this connection the owner of ``ref``: its object goes when ``ref`` does."""
+        with self.refs_lock:
+            self.refs[ref.id] = weakref.ref(ref)
+        fin = weakref.finalize(ref, self.release, ref.id)
+        fin.atexit = False   # at exit the server frees everything of a departing client
+        ref._owner = fin
+
+    def adopt_ref(self, fields: tuple) -> store.Ref:
+        """A ``Ref`` unpickled from a result: the live owned one with its id, or a new owner."""
+        if fields[0] == self.world:
+            with self.refs_lock:
+                known = self.refs.get(fields[1])
+                ref = known() if known is not None else None
+            if ref is not None:
+                return ref
+            ref = store.Ref(*fields)
+            self.own(ref)
+            return ref
+        return store.Ref(*fields)
+
+    def release(self, oid: int) -> None:
+        """The last owned ``Ref`` of ``oid`` is gone: ask rank 0 to free it (never blocks).
+
+        Runs in weakref finalizers, at any point of any thread: it takes no lock.
+        """
+        known = self.refs.get(oid)
+        if known is not None and known() is None:
+            self.refs.pop(oid, None)
+        self.to_free.append(oid)
+        self._wake()
+
+    def free(self, ref: store.Ref) -> None:
+        """Free ``ref``'s object now (see :meth:`Executor.free`)."""
+        if ref._freed:
+            return
+        with self.refs_lock:
+            known = self.refs.pop(ref.id, None)
+        for r in (ref, known() if known is not None else None):
+            if r is not None and r.world == self.world:
+                r._freed = True
+                if r._owner is not None:
+                    r._owner.detach()
+                    r._owner = None
+        self.release(ref.id)
 
     # ----- connection thread ---------------------------------------------------------------------
     def _await(self, kind: type, timeout: float) -> Any:
@@ -252,13 +349,15 @@ class Connection:
                 f"the connection thread failed: {type(e).__name__}: {e}"))
         finally:
             self.stream.close()
+            self.wake_closed = True
             for fd in (self.wake_r, self.wake_w):
                 os.close(fd)
 
     def _wait(self) -> None:
         """Sleep until the server sends something, the caller queues work, or output drains."""
         with self.lock:
-            if self.control or (self.outbox and len(self.inflight) < self.max_inflight):
+            if self.control or self.to_free or (
+                    self.outbox and len(self.inflight) < self.max_inflight):
                 return
             self.sleeping = True
         writers = [self.stream] if self.stream.pending else []
@@ -298,6 +397,11 @@ class Connection:
                 self.inflight[msg.id] = fut
                 batch.append(msg)
                 room -= 1
+        freed = []
+        while self.to_free:
+            freed.append(self.to_free.popleft())
+        if freed:
+            control.append(FreeRefs(freed))
         with self.send_lock:
             for msg in control:
                 self.stream.send(msg)
@@ -323,18 +427,24 @@ class Connection:
         for fut, res in zip(futs, results, strict=True):
             fut.info = res.info
             try:
-                if res.status == Status.OK:
-                    value = loads(res.payload)
-                else:
-                    fut.set_exception(self._error(fut, res))
-                    continue
-            except BaseException as e:   # noqa: BLE001 - even SystemExit must fail only this future
-                fut.set_exception(SerializationError(
-                    f"cannot unpickle the result of {fut._label} in the client: "
-                    f"{type(e).__name__}: {e}", stage="result", side="client",
-                    task=fut._label, worker=_where(res.info)))
-                continue
-            fut.set_result(value)
+                self._settle(fut, res)
+            finally:
+                fut._refs = None   # only now: the result may hold the same refs
+
+    def _settle(self, fut: Future, res: ResultMsg) -> None:
+        try:
+            if res.status != Status.OK:
+                fut.set_exception(self._error(fut, res))
+                return
+            with store.adopting(self):
+                value = loads(res.payload)
+        except BaseException as e:   # noqa: BLE001 - even SystemExit must fail only this future
+            fut.set_exception(SerializationError(
+                f"cannot unpickle the result of {fut._label} in the client: "
+                f"{type(e).__name__}: {e}", stage="result", side="client",
+                task=fut._label, worker=_where(res.info)))
+            return
+        fut.set_result(value)
 
     def _error(self, fut: Future, res: ResultMsg) -> BaseException:
         info = res.info
@@ -495,6 +605,7 @@ class Executor(cf.Executor):
             raise ValueError("max_workers must be greater than 0")
         from . import config as configuration
         cfg = configuration.load(config)
+        transport = store.check_transport(cfg["store"]["transport"])
         self._options = TaskOptions(cfg["tasks"]["timeout"], cfg["tasks"]["retries"],
                                     cfg["tasks"]["cores"], _size(cfg["tasks"]["memory"]),
                                     cfg["tasks"]["gpus"])
@@ -516,7 +627,7 @@ class Executor(cf.Executor):
                              f"{os.fspath(address)!r} has its own workers")
         where = address if isinstance(address, addr.Address) else addr.read(address)
         try:
-            self._conn = Connection(where)
+            self._conn = Connection(where, transport)
         except BaseException:
             if self._world is not None:
                 self._world.proc.terminate()
@@ -637,6 +748,56 @@ class Executor(cf.Executor):
     def status(self, timeout: float = 30.0) -> dict:
         """The server's view: workers, their state and counts, the queue."""
         return self._conn.request(StatusRequest(), StatusReply, timeout).status
+
+    # ----- object store --------------------------------------------------------------------------
+    def put(self, obj: Any, node: str | None = None) -> store.Ref:
+        """Store ``obj`` in the memory of a worker rank; returns a small, picklable ``Ref``.
+
+        A numpy array travels as its raw buffer (no pickling): through shared memory when the
+        worker is on this machine, else over TCP in chunks. Anything else is pickled. The
+        object counts against its node's memory budget for functions
+        (``co_location.memory_budget``), which running tasks' ``memory`` reservations share.
+        It lives while the returned ``Ref`` (or a ``Ref`` a task returned to this client) is
+        alive here, until :meth:`free`, or until this client disconnects.
+
+        Args:
+            obj: an array or any picklable object.
+            node: the node to hold it (a name as in ``status()`` or ``future.info.node``);
+                default: this client's own node when a worker there has room, else the node
+                with the most room.
+
+        Raises:
+            StoreFull: it does not fit the node's budget (the message names the node, the
+                size, the budget and what uses it).
+            ValueError: ``node`` names no node of the world.
+            ObjectLost: the chosen worker rank could not be reached.
+        """
+        if self._shutdown:
+            raise RuntimeError("cannot put after shutdown")
+        return self._conn.put(obj, node)
+
+    def get(self, ref: store.Ref, out: Any = None) -> Any:
+        """Fetch a stored object; the same as ``ref.get(out)``.
+
+        Returns a new writable array (or fills ``out``, an array of the same dtype and shape),
+        or the unpickled object.
+
+        Raises:
+            ObjectLost: it was freed, or its worker rank is gone.
+        """
+        if not isinstance(ref, store.Ref):
+            raise TypeError(f"get() expects a Ref, found {type(ref).__name__}")
+        return ref.get(out)
+
+    def free(self, ref: store.Ref) -> None:
+        """Release a stored object now, without waiting for its ``Ref`` to be collected.
+
+        Tasks already submitted with it keep it alive until they are done; reading it
+        afterwards raises ``ObjectLost``. Freeing twice does nothing.
+        """
+        if not isinstance(ref, store.Ref):
+            raise TypeError(f"free() expects a Ref, found {type(ref).__name__}")
+        self._conn.free(ref)
 
     def stop_server(self, drain: bool = True) -> None:
         """Ask the server to stop (after draining running tasks if ``drain``)."""

@@ -138,4 +138,4 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
 _TEXT = {("co_location", "spare_cores")}
 
 _FLEXIBLE = {("co_location", "spare_cores"), ("co_location", "memory_budget"),
-             ("co_location", "host_pids"), ("tasks", "memory")}
+             ("co_location", "host_pids"), ("tasks", "memory"), ("store", "pool")}

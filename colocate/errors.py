@@ -121,3 +121,21 @@ class ServerUnavailable(ColocateError, ConnectionError):
 
     Start one with ``mpiexec -n N colocate serve --address-file PATH``, or check the path.
     """
+
+
+class StoreFull(ColocateError, MemoryError):
+    """A ``put`` does not fit the memory budget of the node it was meant for.
+
+    The message names the node, the object's size, the node's budget for functions
+    (``co_location.memory_budget``) and what already uses it (stored objects, running tasks'
+    reservations). Free objects you no longer need (``ex.free(ref)`` or drop the last ``Ref``),
+    put on another node, or raise the budget.
+    """
+
+
+class ObjectLost(ColocateError, LookupError):
+    """The object a ``Ref`` names cannot be read: it was freed, or its worker rank is gone.
+
+    Objects live in the memory of one worker rank and die with it; keep what you cannot lose
+    elsewhere too, and put it again after a loss.
+    """

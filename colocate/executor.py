@@ -54,11 +54,15 @@ class ExecutorProcess:
         settings: sandbox settings for the child (``cores``, ``priority``, ``threads``,
             ``memory_limit``), passed to :func:`colocate.colocation.sandbox.apply_sandbox`.
         cgroup: an optional cgroup group the child is put in (memory limit, freezer).
+        env: extra environment for the child, kept out of its command line (which anyone can
+            read): e.g. the store context with the world's token.
     """
 
-    def __init__(self, settings: dict[str, Any], cgroup: Any = None) -> None:
+    def __init__(self, settings: dict[str, Any], cgroup: Any = None,
+                 env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.cgroup = cgroup
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.held: deque[tuple[Work, float]] = deque()   # (work, time sent or started)
         self.known: set[bytes] = set()
@@ -73,7 +77,8 @@ class ExecutorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "colocate._child", str(to_child_r), str(from_child_w),
              json.dumps(self.settings)],
-            pass_fds=(to_child_r, from_child_w), env=child_environment(self.settings.get("env")),
+            pass_fds=(to_child_r, from_child_w),
+            env=child_environment({**(self.settings.get("env") or {}), **self.env}),
             stdin=subprocess.DEVNULL)
         os.close(to_child_r)
         os.close(from_child_w)

@@ -11,6 +11,14 @@ Flow of one task::
     worker   the same Work items, batched, over a pipe ──► executor child
     child    Outcome(gid, status, payload, started, finished, exc_type) ──► worker ──► rank 0
     rank 0   ResultMsg(id, status, payload, TaskInfo) ──► client
+
+Object store (:mod:`colocate.store`): only the bookkeeping passes through rank 0; the data moves
+between the client (or an executor child) and the worker rank's data port directly::
+
+    client   PutRequest(req, nbytes, node) ──► rank 0 ──► PutReply(req, ref_id, rank, StoreAddress)
+    client   raw buffer ──TCP or shared memory──► worker rank (its StoreServer)
+    client   FreeRefs(ids) ──► rank 0 ──► DropObjects(ids) ──► worker rank
+    worker   Outcome.kept: objects a task kept with ``colocate.keep`` ──► rank 0 (owner: its client)
 """
 
 from __future__ import annotations
@@ -97,6 +105,7 @@ class TaskMsg(NamedTuple):
     fn_bytes: bytes | None   # sent once per (client, function)
     args: bytes
     options: TaskOptions
+    prefer: str | None = None   # node holding most of the task's argument Refs (by bytes)
 
 
 class Submit(NamedTuple):
@@ -134,6 +143,36 @@ class Bye(NamedTuple):
     reason: str = ""
 
 
+class StoreAddress(NamedTuple):
+    """Where a worker rank serves its objects: its data port, machine identity and pid."""
+
+    host: str
+    port: int
+    machine: str    # hostname and boot id: same value = same kernel, shared memory possible
+    pid: int
+
+
+class PutRequest(NamedTuple):
+    req: int
+    nbytes: int
+    node: str | None      # None: the scheduler chooses
+    near: str = ""        # the client's machine id, preferred when it has room
+
+
+class PutReply(NamedTuple):
+    req: int
+    ref_id: int
+    rank: int
+    node: str
+    where: StoreAddress | None
+    error: str = ""       # set when refused
+    full: bool = False    # refused for lack of budget (StoreFull) rather than a bad request
+
+
+class FreeRefs(NamedTuple):
+    ids: list[int]
+
+
 # ----- rank 0 <-> worker ranks, worker <-> executor child -----------------------------------------
 class Work(NamedTuple):
     gid: int
@@ -157,6 +196,7 @@ class Outcome(NamedTuple):
     started: float
     finished: float
     exc_type: str = ""     # qualified name of a raised exception, for retry_on
+    kept: tuple[tuple[int, int], ...] = ()   # (ref_id, nbytes) stored by colocate.keep()
 
 
 class Done(NamedTuple):
@@ -170,6 +210,7 @@ class WorkerHello(NamedTuple):
     memory_budget: int
     detail: dict
     gpus: tuple[str, ...] = ()    # the node's GPU inventory
+    store: StoreAddress | None = None
 
 
 class Heartbeat(NamedTuple):
@@ -186,6 +227,10 @@ class PauseCores(NamedTuple):
 
 class Shutdown(NamedTuple):
     pass
+
+
+class DropObjects(NamedTuple):
+    ids: list[int]
 
 
 # ----- serialization ------------------------------------------------------------------------------

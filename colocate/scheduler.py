@@ -9,13 +9,18 @@ What it keeps:
   * per worker rank: the tasks sent to it in order (the first is running, the rest were sent
     ahead), the functions it has cached, its node and cores;
   * per function: a moving average of its run time, which decides whether tasks are sent ahead;
-  * per node: the memory reserved by running tasks against the node's budget for functions.
+  * per node: the memory reserved by running tasks against the node's budget for functions;
+  * the object store's bookkeeping: which worker rank holds each object, for which client, and
+    its size, counted against the same per-node budget (the data never passes through here).
 
 Decisions it makes: placement (warm worker first, then least loaded; a task asking for k cores or
 for GPUs runs alone on an idle worker while k-1 other idle workers of its node lend their cores,
 and takes GPUs from its node's inventory), retries (crashes, timeouts,
 memory kills and lost workers while ``retries`` last; raised exceptions only when listed in
-``retry_on``), the drain, and declaring silent workers lost.
+``retry_on``), the drain, declaring silent workers lost, and where a ``put`` goes (the asked
+node, else the client's own machine when it has room, else the node with the most room; there
+the worker holding the fewest bytes). A task whose arguments hold refs prefers the node that
+holds most of their bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .messages import (
     Work,
     dumps,
 )
+from .store import human_size
 
 
 # ----- events ------------------------------------------------------------------------------------
@@ -67,6 +73,22 @@ class WorkerJoined:
     memory_budget: int
     now: float = 0.0
     gpus: tuple[str, ...] = ()   # the node's GPU inventory
+    machine: str = ""            # its store's machine id (same kernel as a client: shared memory)
+
+
+@dataclass(frozen=True, slots=True)
+class PutRequested:
+    client: int
+    req: int
+    nbytes: int
+    node: str | None = None
+    near: str = ""               # the client's machine id
+
+
+@dataclass(frozen=True, slots=True)
+class FreeRequested:
+    client: int
+    ids: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,16 +165,45 @@ class Exit:
     """Drained: nothing is queued or running any more."""
 
 
+@dataclass(frozen=True, slots=True)
+class PutGranted:
+    """Tell the client to send object ``ref_id`` to ``rank`` (its bytes are reserved there)."""
+
+    client: int
+    req: int
+    ref_id: int
+    rank: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class PutRefused:
+    client: int
+    req: int
+    reason: str
+    full: bool     # for lack of budget (as opposed to a bad request)
+
+
+@dataclass(frozen=True, slots=True)
+class DropObjects:
+    """Tell ``rank`` to release objects."""
+
+    rank: int
+    ids: list[int]
+
+
 Event = (ClientJoined | ClientLeft | Submitted | CancelRequested | WorkerJoined | WorkerDone
-         | HeardFrom | WorkerLost | WorkerPaused | Tick | DrainRequested | DrainDeadline)
-Instruction = SendWork | Deliver | CutOff | ForgetWorker | Exit
+         | HeardFrom | WorkerLost | WorkerPaused | Tick | DrainRequested | DrainDeadline
+         | PutRequested | FreeRequested)
+Instruction = (SendWork | Deliver | CutOff | ForgetWorker | Exit | PutGranted | PutRefused
+               | DropObjects)
 
 EWMA = 0.2   # weight of the newest run time in a function's average
 
 
 class _Task:
     __slots__ = ("gid", "client", "cid", "fn_hash", "args", "opts", "attempts", "rank",
-                 "helpers", "cores", "gpus")
+                 "helpers", "cores", "gpus", "prefer")
 
     def __init__(self, gid: int, client: int | None, msg: TaskMsg) -> None:
         self.gid = gid
@@ -166,6 +217,15 @@ class _Task:
         self.helpers: list[_Worker] = []    # workers lending their cores to this task
         self.cores: tuple[int, ...] = ()
         self.gpus: tuple[str, ...] = ()
+        self.prefer: str | None = msg.prefer
+
+
+@dataclass(frozen=True, slots=True)
+class _Object:
+    client: int
+    rank: int
+    node: str
+    nbytes: int
 
 
 @dataclass
@@ -180,6 +240,8 @@ class _Worker:
     lent_to: int | None = None    # gid of the multi-core task this worker's cores serve
     done: int = 0
     failed: int = 0
+    machine: str = ""
+    stored: int = 0               # bytes of objects this rank holds
 
 
 class Scheduler:
@@ -209,6 +271,11 @@ class Scheduler:
         self.node_reserved: dict[str, int] = {}
         self.node_gpus: dict[str, tuple[str, ...]] = {}
         self.gpus_free: dict[str, list[str]] = {}
+        self.objects: dict[int, _Object] = {}
+        self.node_stored: dict[str, int] = {}
+        self.objects_lost = 0
+        self._next_ref = 1
+        self._drops: dict[int, list[int]] = {}
         self.draining = False
         self.retried = 0
         self._next_gid = 0
@@ -228,6 +295,9 @@ class Scheduler:
             queue.appendleft(task)
         self._returning = []
         self._dispatch()
+        for rank, ids in self._drops.items():
+            self._out.append(DropObjects(rank, ids))
+        self._drops = {}
         for client, results in self._deliveries.items():
             self._out.append(Deliver(client, results))
         self._deliveries = {}
@@ -250,6 +320,7 @@ class Scheduler:
         self.queues.setdefault(ev.client, deque())
 
     def _on_ClientLeft(self, ev: ClientLeft) -> None:
+        self._free([i for i, o in self.objects.items() if o.client == ev.client])
         for task in self.queues.pop(ev.client, ()):
             del self.tasks[task.gid]
         if ev.client in self.turn:
@@ -294,9 +365,11 @@ class Scheduler:
             self.turn.remove(ev.client)
 
     def _on_WorkerJoined(self, ev: WorkerJoined) -> None:
-        self.workers[ev.rank] = _Worker(ev.rank, ev.node, tuple(ev.cores), ev.now)
+        self.workers[ev.rank] = _Worker(ev.rank, ev.node, tuple(ev.cores), ev.now,
+                                        machine=ev.machine)
         self.node_budget[ev.node] = ev.memory_budget
         self.node_reserved.setdefault(ev.node, 0)
+        self.node_stored.setdefault(ev.node, 0)
         if ev.node not in self.node_gpus:
             self.node_gpus[ev.node] = tuple(ev.gpus)
             self.gpus_free[ev.node] = list(ev.gpus)
@@ -318,6 +391,8 @@ class Scheduler:
         worker.last_seen = max(worker.last_seen, ev.now)
         for out in ev.outcomes:
             task = worker.assigned.pop(out.gid, None)
+            if out.kept:
+                self._kept(worker, task, out)
             if task is None:
                 continue
             cores = task.cores or worker.cores
@@ -349,6 +424,10 @@ class Scheduler:
             return
         self.lost[ev.rank] = ev.reason
         self._out.append(ForgetWorker(ev.rank, ev.reason))
+        for oid in [i for i, o in self.objects.items() if o.rank == ev.rank]:
+            obj = self.objects.pop(oid)
+            self.node_stored[obj.node] -= obj.nbytes
+            self.objects_lost += 1
         for task in self.tasks.values():   # it may have been lending its cores
             if worker in task.helpers:
                 task.helpers.remove(worker)
@@ -384,6 +463,73 @@ class Scheduler:
         for worker in self.workers.values():
             if worker.assigned:
                 self._out.append(CutOff(worker.rank, Status.INTERRUPTED))
+
+    # ----- object store --------------------------------------------------------------------------
+    def _on_PutRequested(self, ev: PutRequested) -> None:
+        def refuse(reason: str, full: bool = False) -> None:
+            self._out.append(PutRefused(ev.client, ev.req, reason, full))
+
+        if self.draining:
+            return refuse("the server is draining")
+        if ev.client not in self.queues:
+            return refuse("unknown client")
+        if ev.nbytes < 0:
+            return refuse(f"a size of {ev.nbytes} bytes")
+        nodes = sorted({w.node for w in self.workers.values()})
+        if not nodes:
+            return refuse("no worker rank is left in the world")
+        if ev.node is not None and ev.node not in nodes:
+            return refuse(f"no worker rank on node {ev.node!r}; the nodes are {nodes}")
+        candidates = [ev.node] if ev.node is not None else nodes
+        fitting = [n for n in candidates if self._room(n) >= ev.nbytes]
+        if not fitting:
+            node = max(candidates, key=self._room)
+            return refuse(
+                f"cannot store {ev.nbytes} bytes ({human_size(ev.nbytes)}) on node {node}: its "
+                f"memory budget for functions is {self.node_budget[node]} bytes "
+                f"({human_size(self.node_budget[node])}), of which "
+                f"{self.node_stored[node]} are held by stored objects and "
+                f"{self.node_reserved[node]} reserved by running tasks "
+                f"({max(0, self._room(node))} free); free objects you no longer need, put it "
+                f"on another node, or raise co_location.memory_budget", full=True)
+        near = {w.node for w in self.workers.values() if ev.near and w.machine == ev.near}
+        node = max(fitting, key=lambda n: (n in near, self._room(n)))
+        worker = min((w for w in self.workers.values() if w.node == node),
+                     key=lambda w: (w.stored, w.rank))
+        ref_id = self._next_ref << 16   # worker-made ids end in their rank, never 0
+        self._next_ref += 1
+        self._add_object(ref_id, _Object(ev.client, worker.rank, node, ev.nbytes))
+        self._out.append(PutGranted(ev.client, ev.req, ref_id, worker.rank, node))
+
+    def _on_FreeRequested(self, ev: FreeRequested) -> None:
+        self._free(ev.ids)
+
+    def _kept(self, worker: _Worker, task: _Task | None, out: Outcome) -> None:
+        """Objects a task stored with ``keep()``: its client owns them if it gets the result."""
+        wanted = task is not None and task.client is not None and out.status == Status.OK
+        for oid, nbytes in out.kept:
+            if wanted:
+                self._add_object(oid, _Object(task.client, worker.rank, worker.node, nbytes))
+            else:
+                self._drops.setdefault(worker.rank, []).append(oid)
+
+    def _add_object(self, oid: int, obj: _Object) -> None:
+        self.objects[oid] = obj
+        self.node_stored[obj.node] += obj.nbytes
+        worker = self.workers.get(obj.rank)
+        if worker is not None:
+            worker.stored += obj.nbytes
+
+    def _free(self, ids: list[int]) -> None:
+        for oid in ids:
+            obj = self.objects.pop(oid, None)
+            if obj is None:
+                continue
+            self.node_stored[obj.node] -= obj.nbytes
+            worker = self.workers.get(obj.rank)
+            if worker is not None:
+                worker.stored -= obj.nbytes
+                self._drops.setdefault(obj.rank, []).append(oid)
 
     # ----- placement -----------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -441,12 +587,13 @@ class Scheduler:
         mean = self.mean_runtime.get(task.fn_hash)
         depth = self.prefetch if mean is not None and mean < self.prefetch_below else 1
         best: _Worker | None = None
-        best_key: tuple[int, int] | None = None
+        best_key: tuple[int, int, int] | None = None
         for worker in self.workers.values():
             load = len(worker.assigned)
             if not self._usable(worker) or load >= depth or not self._memory_fits(worker, task):
                 continue
-            key = (load, 0 if task.fn_hash in worker.fns else 1)
+            remote = 0 if task.prefer is None or worker.node == task.prefer else 1
+            key = (remote, load, 0 if task.fn_hash in worker.fns else 1)
             if best_key is None or key < best_key:
                 best, best_key = worker, key
         return None if best is None else (best, [], [])
@@ -462,7 +609,7 @@ class Scheduler:
         for worker in self.workers.values():
             if self._usable(worker) and not worker.assigned:
                 idle.setdefault(worker.node, []).append(worker)
-        for node, free in idle.items():
+        for node, free in sorted(idle.items(), key=lambda kv: kv[0] != task.prefer):
             if len(self.gpus_free.get(node, ())) < opts.gpus:
                 continue
             free.sort(key=lambda w: (0 if task.fn_hash in w.fns else 1, w.rank))
@@ -480,8 +627,11 @@ class Scheduler:
 
     def _memory_fits(self, worker: _Worker, task: _Task) -> bool:
         memory = task.opts.memory
-        return not memory or (self.node_reserved[worker.node] + memory
-                              <= self.node_budget[worker.node])
+        return not memory or memory <= self._room(worker.node)
+
+    def _room(self, node: str) -> int:
+        """Bytes of the node's budget not reserved by running tasks nor held by objects."""
+        return self.node_budget[node] - self.node_reserved[node] - self.node_stored[node]
 
     def _cannot_run(self, msg: TaskMsg) -> str:
         if msg.fn_hash not in self.fns:
@@ -569,10 +719,19 @@ class Scheduler:
                     "busy" if w.assigned else "idle"),
                 "current": None if current is None else current.gid,
                 "ahead": max(0, len(w.assigned) - 1), "done": w.done, "failed": w.failed,
+                "stored": w.stored,
             })
+        per_node: dict[str, dict] = {
+            n: {"objects": 0, "bytes": self.node_stored.get(n, 0),
+                "budget": self.node_budget[n], "reserved": self.node_reserved.get(n, 0)}
+            for n in self.node_budget}
+        for obj in self.objects.values():
+            per_node[obj.node]["objects"] += 1
         return {
             "workers": workers, "lost": dict(self.lost), "queued": self.queued(),
             "running": sum(1 for w in self.workers.values() if w.assigned),
             "clients": len(self.queues), "retried": self.retried, "draining": self.draining,
             "node_budget": dict(self.node_budget), "node_reserved": dict(self.node_reserved),
+            "store": {"objects": len(self.objects), "bytes": sum(self.node_stored.values()),
+                      "lost": self.objects_lost, "nodes": per_node},
         }

@@ -1,10 +1,11 @@
 """Rank 0's loop: turn MPI messages, bells and signals into scheduler events, and back.
 
 Reads: ``WorkerHello``/``Done``/``Heartbeat`` from worker ranks (MPI); ``Submit``/``Cancel``/
-``StatusRequest``/``StopRequest``/``Bye`` from clients (their streams); new connections on the
-listening socket;
-SIGTERM/SIGINT. Writes: ``Dispatch``/``KillRunning``/``Shutdown`` to workers, ``Welcome``/
-``Results``/``StatusReply``/``Bye`` to clients, and the address file.
+``StatusRequest``/``StopRequest``/``PutRequest``/``FreeRefs``/``Bye`` from clients (their
+streams); new connections on the listening socket; SIGTERM/SIGINT. Writes: ``Dispatch``/
+``KillRunning``/``DropObjects``/``Shutdown`` to workers, ``Welcome``/``Results``/``PutReply``/
+``StatusReply``/``Bye`` to clients, and the address file. Stored objects' data never comes here:
+clients send it to the worker's data port (:mod:`colocate.datalink`).
 
 All decisions are the :class:`~colocate.scheduler.Scheduler`'s; this module only moves messages.
 It sleeps in ``select`` on every bell when idle, so an idle server costs almost no CPU, and wakes
@@ -31,14 +32,19 @@ from .messages import (
     Cancel,
     Dispatch,
     Done,
+    DropObjects,
+    FreeRefs,
     Heartbeat,
     KillRunning,
     PauseCores,
+    PutReply,
+    PutRequest,
     Results,
     Shutdown,
     StatusReply,
     StatusRequest,
     StopRequest,
+    StoreAddress,
     Submit,
     Welcome,
     WorkerHello,
@@ -77,6 +83,7 @@ class Server:
         self.address = address
         self.worker_bells = worker_bells
         self.worker_contact = {rank: 0.0 for rank in worker_bells}
+        self.stores: dict[int, StoreAddress | None] = {}
         self.clients: dict[int, _Client] = {}
         self.next_client = 1
         self.backoff = Backoff.from_config(srv)
@@ -191,8 +198,9 @@ class Server:
                 log.info("worker rank %d on %s, cores %s, sandbox %s, cgroup %s, guard %s", rank,
                          msg.node, list(msg.cores), msg.detail.get("sandbox"),
                          msg.detail.get("cgroup"), msg.detail.get("guard"))
+                self.stores[rank] = msg.store
                 self._apply(S.WorkerJoined(rank, msg.node, msg.cores, msg.memory_budget, now,
-                                           msg.gpus))
+                                           msg.gpus, msg.store.machine if msg.store else ""))
             got = self.box.poll()
         return True
 
@@ -214,6 +222,10 @@ class Server:
             self._apply(S.Submitted(client.id, msg.tasks))
         elif kind is Cancel:
             self._apply(S.CancelRequested(client.id, msg.ids))
+        elif kind is PutRequest:
+            self._apply(S.PutRequested(client.id, msg.req, msg.nbytes, msg.node, msg.near))
+        elif kind is FreeRefs:
+            self._apply(S.FreeRequested(client.id, msg.ids))
         elif kind is StatusRequest:
             self._to_client(client, StatusReply(self.status()))
         elif kind is StopRequest:
@@ -245,6 +257,18 @@ class Server:
                 bell = self.worker_bells.pop(ins.rank, None)
                 if bell is not None:
                     bell.close()
+            elif kind is S.PutGranted:
+                client = self.clients.get(ins.client)
+                if client is not None:
+                    self._to_client(client, PutReply(ins.req, ins.ref_id, ins.rank, ins.node,
+                                                     self.stores.get(ins.rank)))
+            elif kind is S.PutRefused:
+                client = self.clients.get(ins.client)
+                if client is not None:
+                    self._to_client(client, PutReply(ins.req, 0, -1, "", None, ins.reason,
+                                                     ins.full))
+            elif kind is S.DropObjects:
+                self._to_worker(ins.rank, DropObjects(ins.ids))
             elif kind is S.Exit:
                 log.info("drained: every task has finished")
                 self.exiting = True

@@ -10,8 +10,13 @@ Its :class:`~colocate.confinement.Confinement` keeps the child in a cgroup (memo
 task) and runs the interference guard, which pauses the child while the host wants the core;
 the paused time does not count against the task's timeout, and rank 0 places nothing new here.
 
-Reads: ``Dispatch``, ``KillRunning``, ``Shutdown`` from rank 0; outcomes from the child.
-Writes: ``WorkerHello``, ``Done``, ``Heartbeat``, ``PauseCores`` to rank 0; work to the child.
+The rank also holds stored objects (:class:`~colocate.storeserver.StoreServer`, served by its own
+threads on a data port): they live here, not in the child, so a crashing child loses none, and
+the child maps them read-only to call functions on them.
+
+Reads: ``Dispatch``, ``KillRunning``, ``DropObjects``, ``Shutdown`` from rank 0; outcomes from
+the child. Writes: ``WorkerHello``, ``Done`` (with the objects each task kept), ``Heartbeat``,
+``PauseCores`` to rank 0; work to the child.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .idle import Backoff
 from .messages import (
     Dispatch,
     Done,
+    DropObjects,
     Heartbeat,
     KillRunning,
     Outcome,
@@ -40,6 +46,8 @@ from .messages import (
     WorkerHello,
     dumps,
 )
+from .store import CONTEXT_ENV, Context, check_transport, set_context, world_id
+from .storeserver import StoreServer
 
 log = logging.getLogger("colocate.worker")
 
@@ -50,7 +58,8 @@ class Worker:
     Args:
         comm: the world communicator (rank 0 is the scheduler).
         bell: this rank's bell to rank 0.
-        place: ``{"node", "cores", "memory_budget", "detail"}`` from the world set-up.
+        place: ``{"node", "cores", "memory_budget", "detail", "token", "store_host"}`` from the
+            world set-up.
         cfg: the effective configuration.
     """
 
@@ -72,12 +81,22 @@ class Worker:
         self.conf: Confinement | None = None
         self.paused_at: float | None = None
         self.widened: int | None = None   # gid of the multi-core task holding lent cores
+        self.store: StoreServer | None = None
 
     # ----- set-up --------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the warm executor child and introduce this rank to the scheduler."""
         co = self.cfg["co_location"]
-        if not self.inline:
+        token = self.place.get("token", "")
+        from .colocation.units import parse_size
+        self.store = StoreServer(token, self.rank, self.place.get("store_host", "127.0.0.1"),
+                                 parse_size(self.cfg["store"]["pool"], key="store.pool"))
+        self.store.start()
+        ctx = Context(world_id(token), token, self.place["node"], self.rank, self.store.address,
+                      check_transport(self.cfg["store"]["transport"]))
+        if self.inline:
+            set_context(ctx)
+        else:
             self.conf = Confinement(self.cfg, self.rank, list(self.place["cores"]),
                                     self.place["memory_budget"], self._paused)
             settings = {
@@ -85,14 +104,15 @@ class Worker:
                 "priority": co["priority"],
                 "threads": len(self.place["cores"]),
             }
-            self.child = ExecutorProcess(settings, self.conf.group)
+            self.child = ExecutorProcess(settings, self.conf.group,
+                                         env={CONTEXT_ENV: ctx.to_env()})
             self.conf.child_pid = lambda: self.child.pid
             self.child.start()
             self.place["detail"]["sandbox"] = self.child.sandbox
             self.place["detail"].update(self.conf.describe())
         self._send(WorkerHello(self.rank, self.place["node"], tuple(self.place["cores"]),
                                self.place["memory_budget"], self.place["detail"],
-                               tuple(self.place.get("gpus", ()))))
+                               tuple(self.place.get("gpus", ())), self.store.address))
 
     # ----- loop ----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -106,6 +126,8 @@ class Worker:
                 self.child.kill()
             if self.conf is not None:
                 self.conf.close()
+            if self.store is not None:
+                self.store.close()
             self.box.flush(timeout=2.0)
 
     def _step(self) -> None:
@@ -130,7 +152,7 @@ class Worker:
                     log.warning("rank %d: %s; starting a new executor", self.rank, died)
                     outcomes += child.fail_held(died)
                 self._narrow(outcomes)
-                self._send(Done(outcomes))
+                self._done(outcomes)
                 self.backoff.active()
             elif deadline is not None and time.monotonic() >= deadline:
                 timeout = child.held[0][0].timeout
@@ -138,7 +160,7 @@ class Worker:
                             self.rank, timeout, child.pid)
                 outcomes = child.cut_off(Status.TIMEOUT, dumps(timeout))
                 self._narrow(outcomes)
-                self._send(Done(outcomes))
+                self._done(outcomes)
             if self.bell in ready:
                 self._check_bell()
         else:
@@ -151,6 +173,7 @@ class Worker:
                     self._check_bell()
         if time.monotonic() - self.last_sent > self.heartbeat:
             self._send(Heartbeat())
+            self.store.trim()
 
     def _check_bell(self) -> None:
         if self.bell.drain():
@@ -179,7 +202,7 @@ class Worker:
                 if work.fn_bytes is not None:
                     self.fn_store[work.fn_hash] = work.fn_bytes
             if self.inline:
-                self._send(Done([self._run_inline(w) for w in msg.work]))
+                self._done([self._run_inline(w) for w in msg.work])
             else:
                 held = [w.memory for w, _ in self.child.held] + [w.memory for w in msg.work]
                 self.conf.limit_memory(None if None in held else max(held))
@@ -192,11 +215,21 @@ class Worker:
             if self.child is not None and self.child.busy:
                 outcomes = self.child.cut_off(Status(msg.status), dumps("cut off by the drain"))
                 self._narrow(outcomes)
-                self._send(Done(outcomes))
+                self._done(outcomes)
+        elif kind is DropObjects:
+            self.store.drop(msg.ids)
         elif kind is Shutdown:
             self.running = False
         else:
             log.error("rank %d: unexpected message %r", self.rank, kind.__name__)
+
+    def _done(self, outcomes: list[Outcome]) -> None:
+        """Report outcomes, each with the objects its task kept."""
+        for i, out in enumerate(outcomes):
+            kept = self.store.take_kept(out.gid)
+            if kept:
+                outcomes[i] = out._replace(kept=kept)
+        self._send(Done(outcomes))
 
     def _narrow(self, outcomes: list[Outcome]) -> None:
         """Give back lent cores once the multi-core task they served has ended."""

@@ -146,7 +146,12 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
     gpus = [g.id for g in Topology.probe(cfg["co_location"]).gpus]
     place = {"node": names[rank], "cores": cores, "gpus": gpus,
              "memory_budget": memory_budget(cfg["co_location"]["memory_budget"]),
-             "detail": {"spare": spare, "source": source, "pid": os.getpid()}}
+             "detail": {"spare": spare, "source": source, "pid": os.getpid()},
+             # The data port of the object store listens where rank 0's socket does: loopback
+             # for a one-node world, else this node's own address.
+             "token": address.token,
+             "store_host": address.host if address.host.startswith("127.") else (
+                 mpi.host_address(cfg["server"]["bind"]))}
     bell = bells.Bell(bells.ring_up(address.host, address.bell_port,
                                     {"token": address.token, "role": "worker", "rank": rank}))
     if expect_clients is None:
