@@ -21,6 +21,8 @@ memory kills and lost workers while ``retries`` last; raised exceptions only whe
 node, else the client's own machine when it has room, else the node with the most room; there
 the worker holding the fewest bytes). A task whose arguments hold refs prefers the node that
 holds most of their bytes.
+
+Its events and instructions are defined in :mod:`colocate._events` and re-exported here.
 """
 
 from __future__ import annotations
@@ -28,6 +30,32 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
+    CancelRequested,
+    ClientJoined,
+    ClientLeft,
+    CutOff,
+    Deliver,
+    DrainDeadline,
+    DrainRequested,
+    DropObjects,
+    Event,
+    Exit,
+    ForgetWorker,
+    FreeRequested,
+    HeardFrom,
+    Instruction,
+    PutGranted,
+    PutRefused,
+    PutRequested,
+    SendWork,
+    Submitted,
+    Tick,
+    WorkerDone,
+    WorkerJoined,
+    WorkerLost,
+    WorkerPaused,
+)
 from .messages import (
     RETRYABLE,
     Outcome,
@@ -40,163 +68,6 @@ from .messages import (
     dumps,
 )
 from .store import human_size
-
-
-# ----- events ------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ClientJoined:
-    client: int
-
-
-@dataclass(frozen=True, slots=True)
-class ClientLeft:
-    client: int
-
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    client: int
-    tasks: list[TaskMsg]
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRequested:
-    client: int
-    ids: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerJoined:
-    rank: int
-    node: str
-    cores: tuple[int, ...]
-    memory_budget: int
-    now: float = 0.0
-    gpus: tuple[str, ...] = ()   # the node's GPU inventory
-    machine: str = ""            # its store's machine id (same kernel as a client: shared memory)
-
-
-@dataclass(frozen=True, slots=True)
-class PutRequested:
-    client: int
-    req: int
-    nbytes: int
-    node: str | None = None
-    near: str = ""               # the client's machine id
-
-
-@dataclass(frozen=True, slots=True)
-class FreeRequested:
-    client: int
-    ids: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerDone:
-    rank: int
-    outcomes: list[Outcome]
-    now: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class HeardFrom:
-    rank: int
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerLost:
-    rank: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerPaused:
-    rank: int
-    paused: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class DrainRequested:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class DrainDeadline:
-    pass
-
-
-# ----- instructions ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class SendWork:
-    rank: int
-    work: list[Work]
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    client: int
-    results: list[ResultMsg]
-
-
-@dataclass(frozen=True, slots=True)
-class CutOff:
-    """Kill the running task of ``rank``, reporting ``status``; return the rest unstarted."""
-
-    rank: int
-    status: Status
-
-
-@dataclass(frozen=True, slots=True)
-class ForgetWorker:
-    """The rank is lost: stop talking to it."""
-
-    rank: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Exit:
-    """Drained: nothing is queued or running any more."""
-
-
-@dataclass(frozen=True, slots=True)
-class PutGranted:
-    """Tell the client to send object ``ref_id`` to ``rank`` (its bytes are reserved there)."""
-
-    client: int
-    req: int
-    ref_id: int
-    rank: int
-    node: str
-
-
-@dataclass(frozen=True, slots=True)
-class PutRefused:
-    client: int
-    req: int
-    reason: str
-    full: bool     # for lack of budget (as opposed to a bad request)
-
-
-@dataclass(frozen=True, slots=True)
-class DropObjects:
-    """Tell ``rank`` to release objects."""
-
-    rank: int
-    ids: list[int]
-
-
-Event = (ClientJoined | ClientLeft | Submitted | CancelRequested | WorkerJoined | WorkerDone
-         | HeardFrom | WorkerLost | WorkerPaused | Tick | DrainRequested | DrainDeadline
-         | PutRequested | FreeRequested)
-Instruction = (SendWork | Deliver | CutOff | ForgetWorker | Exit | PutGranted | PutRefused
-               | DropObjects)
 
 EWMA = 0.2   # weight of the newest run time in a function's average
 

@@ -1,0 +1,509 @@
+"""The client engine: one ``Connection`` to rank 0, the thread that owns it, and its futures.
+
+Data flow (one ``Connection`` per executor, shared by its ``options()`` views)::
+
+    caller thread                      connection thread                    rank 0
+    submit(): pickle fn + args ──► outbox ──► Submit batches ──TCP──► scheduler
+    Future (pending/running) ◄──── results: unpickle, set futures ◄──TCP── Results batches
+
+The caller thread pickles (so a bad argument fails its own future at once); the connection
+thread owns the socket (:mod:`colocate.stream`; clients need no MPI). It sleeps in ``select`` on
+the socket and a wake-up pipe, so a client costs no CPU while it waits. ``submit`` waits
+when the client has ``4 x max_inflight`` tasks outstanding (backpressure), except from inside a
+future's callback, where waiting could deadlock.
+
+Object store: ``put`` asks rank 0 where the object goes (a ``PutRequest`` answered by a
+``PutReply``), then sends the data to that worker's data port itself (:mod:`colocate.datalink`);
+the connection keeps a registry of the refs this client owns and tells rank 0 (``FreeRefs``,
+sent by the connection thread) when the last one of an object is gone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import logging
+import os
+import select
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from . import address as addr
+from . import store
+from .bell import ring_up
+from .errors import (
+    AuthenticationError,
+    BrokenWorld,
+    MemoryLimitExceeded,
+    SerializationError,
+    ServerUnavailable,
+    StoreFull,
+    TaskError,
+    TaskInterrupted,
+    TaskTimeout,
+    WorkerCrashed,
+    WorkerLost,
+)
+from .messages import (
+    Bye,
+    Cancel,
+    FreeRefs,
+    FunctionPickler,
+    PutReply,
+    PutRequest,
+    ResultMsg,
+    Results,
+    Status,
+    Submit,
+    TaskInfo,
+    TaskMsg,
+    TaskOptions,
+    Welcome,
+    dumps,
+    loads,
+    with_remote_traceback,
+)
+from .stream import Stream
+
+log = logging.getLogger("colocate.client")
+
+
+class Future(cf.Future):
+    """A ``concurrent.futures.Future`` that also tells where its task ran (``info``)."""
+
+    info: TaskInfo | None = None
+    _label = ""
+    _refs: list | None = None   # Refs in the task's arguments, kept alive until it is done
+
+
+class Connection:
+    """One client connection to a server: the socket stream and the thread that owns it.
+
+    Args:
+        address: the server's address (from its address file).
+        transport: how stored objects travel (config ``store.transport``).
+    """
+
+    def __init__(self, address: addr.Address, transport: str = "auto") -> None:
+        self.address = address
+        try:
+            sock = ring_up(address.host, address.bell_port,
+                           {"token": address.token, "role": "client", "pid": os.getpid(),
+                            "host": socket.gethostname()})
+        except PermissionError as e:
+            raise AuthenticationError(f"the server at {address.path} refused us: {e}") from None
+        except OSError as e:
+            raise ServerUnavailable(
+                f"no server answers at {address.host}:{address.bell_port} (address file "
+                f"{address.path}, written by pid {address.pid} on {address.server_host}): "
+                f"{e}. The server may have stopped; start it again or fix the path.") from None
+        self.stream = Stream(sock)
+        welcome = self._await(Welcome, timeout=60.0)
+        self.client_id = welcome.client_id
+        self.slots = welcome.slots
+        self.max_inflight = welcome.max_inflight
+        self.pickle_fn = FunctionPickler()
+        self.sent_fns: set[bytes] = set()
+        self.lock = threading.Lock()
+        self.send_lock = threading.Lock()   # serializes writes to the stream
+        self.room = threading.Condition(self.lock)
+        self.outbox: deque[tuple[Future, TaskMsg]] = deque()
+        self.inflight: dict[int, Future] = {}
+        self.outstanding = 0
+        self.ids = itertools.count()
+        self.replies: deque[Any] = deque()
+        self.reply_ready = threading.Condition(self.lock)
+        self.control: deque[Any] = deque()
+        self.broken: BaseException | None = None
+        self.closing = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.wake_closed = False
+        self.sleeping = False
+        self.world = store.world_id(address.token)
+        from .datalink import register_world
+        register_world(self.world, address.token, transport)
+        self.refs: dict[int, weakref.ref] = {}   # objects this client owns: id -> live Ref
+        self.refs_lock = threading.Lock()
+        self.to_free: deque[int] = deque()        # appended by finalizers: no lock taken there
+        self.req_ids = itertools.count()
+        self.thread = threading.Thread(target=self._run, name="colocate-connection", daemon=True)
+        self.thread.start()
+
+    # ----- caller side ---------------------------------------------------------------------------
+    def submit(self, fn: Callable, args: tuple, kwargs: dict, opts: TaskOptions) -> Future:
+        """Pickle and queue one task; returns its future (failed at once if pickling fails)."""
+        fut = Future()
+        fut._label = getattr(fn, "__qualname__", None) or repr(fn)
+        try:
+            fn_hash, fn_bytes = self.pickle_fn(fn)
+        except Exception as e:
+            fut.set_exception(SerializationError(
+                f"cannot pickle the function {fut._label}: {type(e).__name__}: {e}",
+                stage="function", side="client", task=fut._label))
+            return fut
+        try:
+            with store.collecting() as refs:
+                payload = dumps((args, kwargs))
+        except Exception as e:
+            fut.set_exception(SerializationError(
+                f"cannot pickle the arguments of {fut._label}: {type(e).__name__}: {e}",
+                stage="arguments", side="client", task=fut._label))
+            return fut
+        with self.lock:
+            if self.broken is not None:
+                raise BrokenWorld(f"the colocate world is gone: {self.broken}")
+            if self.closing:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if threading.current_thread() is not self.thread:
+                limit = 4 * self.max_inflight
+                while self.outstanding >= limit and self.broken is None:
+                    self.room.wait(1.0)
+            send_fn = fn_hash not in self.sent_fns
+            if send_fn:
+                self.sent_fns.add(fn_hash)
+            msg = TaskMsg(next(self.ids), fn_hash, fn_bytes if send_fn else None, payload, opts,
+                          store.preferred_node(refs))
+            if refs:
+                fut._refs = refs   # the objects stay alive while the task may read them
+            self.outstanding += 1
+            # Nothing in flight (the latency-bound case): send from this thread, saving a thread
+            # wake-up. Otherwise the connection thread batches what accumulates.
+            direct = not self.outbox and not self.inflight
+            if direct:
+                fut.set_running_or_notify_cancel()
+                self.inflight[msg.id] = fut
+            else:
+                self.outbox.append((fut, msg))
+            sleeping = self.sleeping
+        if direct:
+            with self.send_lock:
+                self.stream.send(Submit([msg]))
+                stuck = self.stream.pending
+            if stuck:
+                self._wake()   # the connection thread flushes when the socket is writable
+        elif sleeping:
+            self._wake()
+        return fut
+
+    def request(self, msg: Any, reply_type: type, timeout: float = 30.0,
+                match: Callable[[Any], bool] | None = None) -> Any:
+        """Send a control message and wait (bounded) for its reply (the first that ``match``es)."""
+        with self.lock:
+            self.control.append(msg)
+        self._wake()
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                for i, r in enumerate(self.replies):
+                    if isinstance(r, reply_type) and (match is None or match(r)):
+                        del self.replies[i]
+                        return r
+                if self.broken is not None:
+                    raise BrokenWorld(f"the colocate world is gone: {self.broken}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {reply_type.__name__} from the server within "
+                                       f"{timeout:g} s")
+                self.reply_ready.wait(left)
+
+    def send_control(self, msg: Any) -> None:
+        """Send a control message that has no reply."""
+        with self.lock:
+            self.control.append(msg)
+        self._wake()
+
+    def cancel_queued(self) -> None:
+        """Cancel tasks not yet sent, and ask the server to drop this client's queued ones."""
+        with self.lock:
+            for fut, _ in self.outbox:
+                fut.cancel()
+            self.control.append(Cancel(list(self.inflight)))
+        self._wake()
+
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Say goodbye (after in-flight tasks finish if ``wait``) and stop the thread."""
+        with self.lock:
+            self.closing = True
+        self._wake()
+        if wait:
+            self.thread.join(timeout)
+        if self.thread.is_alive() and not wait:
+            return
+
+    def _wake(self) -> None:
+        if self.wake_closed:
+            return
+        try:
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass
+
+    # ----- stored objects ------------------------------------------------------------------------
+    def put(self, obj: Any, node: str | None) -> store.Ref:
+        """Store ``obj`` on a worker (see :meth:`Executor.put`)."""
+        from .datalink import machine_id, put
+        meta, view = store.encode(obj)
+        req = next(self.req_ids)
+        reply = self.request(PutRequest(req, view.nbytes, node, machine_id()), PutReply,
+                             match=lambda r: r.req == req)
+        if reply.error:
+            if reply.full:
+                raise StoreFull(reply.error)
+            raise ValueError(f"cannot put: {reply.error}")
+        try:
+            oid, fd = put(self.world, reply.where, reply.rank, reply.node, reply.ref_id, meta,
+                          view)
+        except BaseException:
+            self.release(reply.ref_id)
+            raise
+        ref = store.Ref(self.world, oid, reply.node, reply.rank, view.nbytes, meta, reply.where,
+                        fd)
+        self.own(ref)
+        return ref
+
+    def own(self, ref: store.Ref) -> None:
+        """Make this connection the owner of ``ref``: its object goes when ``ref`` does."""
+        with self.refs_lock:
+            self.refs[ref.id] = weakref.ref(ref)
+        fin = weakref.finalize(ref, self.release, ref.id)
+        fin.atexit = False   # at exit the server frees everything of a departing client
+        ref._owner = fin
+
+    def adopt_ref(self, fields: tuple) -> store.Ref:
+        """A ``Ref`` unpickled from a result: the live owned one with its id, or a new owner."""
+        if fields[0] == self.world:
+            with self.refs_lock:
+                known = self.refs.get(fields[1])
+                ref = known() if known is not None else None
+            if ref is not None:
+                return ref
+            ref = store.Ref(*fields)
+            self.own(ref)
+            return ref
+        return store.Ref(*fields)
+
+    def release(self, oid: int) -> None:
+        """The last owned ``Ref`` of ``oid`` is gone: ask rank 0 to free it (never blocks).
+
+        Runs in weakref finalizers, at any point of any thread: it takes no lock.
+        """
+        known = self.refs.get(oid)
+        if known is not None and known() is None:
+            self.refs.pop(oid, None)
+        self.to_free.append(oid)
+        self._wake()
+
+    def free(self, ref: store.Ref) -> None:
+        """Free ``ref``'s object now (see :meth:`Executor.free`)."""
+        if ref._freed:
+            return
+        with self.refs_lock:
+            known = self.refs.pop(ref.id, None)
+        for r in (ref, known() if known is not None else None):
+            if r is not None and r.world == self.world:
+                r._freed = True
+                if r._owner is not None:
+                    r._owner.detach()
+                    r._owner = None
+        self.release(ref.id)
+
+    # ----- connection thread ---------------------------------------------------------------------
+    def _await(self, kind: type, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            select.select([self.stream], [], [], deadline - time.monotonic())
+            got = self.stream.receive()
+            if got:
+                if isinstance(got[0], kind) and len(got) == 1:
+                    return got[0]
+                raise ServerUnavailable(f"unexpected first message from the server: {got[0]!r}")
+            if self.stream.closed:
+                raise ServerUnavailable("the server closed the connection while we connected")
+        raise ServerUnavailable(f"the server did not welcome us within {timeout:g} s")
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._send_queued()
+                with self.lock:
+                    done = self.closing and not self.outbox and not self.inflight
+                if done:
+                    with self.send_lock:
+                        self.stream.send(Bye("client shutdown"))
+                    self._flush(timeout=2.0)
+                    break
+                self._wait()
+        except BaseException as e:   # noqa: BLE001 - every failure must reach the futures
+            self._break(e if isinstance(e, BrokenWorld) else BrokenWorld(
+                f"the connection thread failed: {type(e).__name__}: {e}"))
+        finally:
+            self.stream.close()
+            self.wake_closed = True
+            for fd in (self.wake_r, self.wake_w):
+                os.close(fd)
+
+    def _wait(self) -> None:
+        """Sleep until the server sends something, the caller queues work, or output drains."""
+        with self.lock:
+            if self.control or self.to_free or (
+                    self.outbox and len(self.inflight) < self.max_inflight):
+                return
+            self.sleeping = True
+        writers = [self.stream] if self.stream.pending else []
+        ready, writable, _ = select.select([self.stream, self.wake_r], writers, [], 1.0)
+        self.sleeping = False
+        if writable:
+            with self.send_lock:
+                self.stream.flush()
+        if self.wake_r in ready:
+            try:
+                os.read(self.wake_r, 4096)
+            except BlockingIOError:
+                pass
+        if self.stream in ready:
+            self._receive()
+        if self.stream.closed:
+            raise BrokenWorld("the server closed the connection (it stopped or crashed)")
+
+    def _flush(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.stream.pending and not self.stream.closed and time.monotonic() < deadline:
+            select.select([], [self.stream], [], max(0.0, deadline - time.monotonic()))
+            with self.send_lock:
+                self.stream.flush()
+
+    def _send_queued(self) -> None:
+        with self.lock:
+            control, self.control = list(self.control), deque()
+            room = self.max_inflight - len(self.inflight)
+            batch = []
+            while self.outbox and room > 0:
+                fut, msg = self.outbox.popleft()
+                if not fut.set_running_or_notify_cancel():
+                    self.outstanding -= 1
+                    self.room.notify()
+                    continue
+                self.inflight[msg.id] = fut
+                batch.append(msg)
+                room -= 1
+        freed = []
+        while self.to_free:
+            freed.append(self.to_free.popleft())
+        if freed:
+            control.append(FreeRefs(freed))
+        with self.send_lock:
+            for msg in control:
+                self.stream.send(msg)
+            if batch:
+                self.stream.send(Submit(batch))
+
+    def _receive(self) -> None:
+        for msg in self.stream.receive():
+            if type(msg) is Results:
+                self._complete(msg.results)
+            elif type(msg) is Bye:
+                raise BrokenWorld(f"the server said goodbye: {msg.reason}")
+            else:
+                with self.lock:
+                    self.replies.append(msg)
+                    self.reply_ready.notify_all()
+
+    def _complete(self, results: list[ResultMsg]) -> None:
+        with self.lock:
+            futs = [self.inflight.pop(r.id) for r in results]
+            self.outstanding -= len(results)
+            self.room.notify_all()
+        for fut, res in zip(futs, results, strict=True):
+            fut.info = res.info
+            try:
+                self._settle(fut, res)
+            finally:
+                fut._refs = None   # only now: the result may hold the same refs
+
+    def _settle(self, fut: Future, res: ResultMsg) -> None:
+        try:
+            if res.status != Status.OK:
+                fut.set_exception(self._error(fut, res))
+                return
+            with store.adopting(self):
+                value = loads(res.payload)
+        except BaseException as e:   # noqa: BLE001 - even SystemExit must fail only this future
+            fut.set_exception(SerializationError(
+                f"cannot unpickle the result of {fut._label} in the client: "
+                f"{type(e).__name__}: {e}", stage="result", side="client",
+                task=fut._label, worker=_where(res.info)))
+            return
+        fut.set_result(value)
+
+    def _error(self, fut: Future, res: ResultMsg) -> BaseException:
+        info = res.info
+        where = _where(info)
+        attempts = info.attempts if info else 1
+        kw = {"task": fut._label, "worker": where, "attempts": attempts}
+        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+        status = Status(res.status)
+        if status in (Status.RAISED, Status.BAD_INPUT, Status.BAD_RESULT):
+            exc, tb = loads(res.payload)
+            header = f"worker {where} of a world of {self.address.size} ranks"
+            if status == Status.RAISED:
+                return with_remote_traceback(exc, tb, header)
+            stage = "arguments" if status == Status.BAD_INPUT else "result"
+            verb = "unpickle the function or arguments" if stage == "arguments" else (
+                "pickle the result")
+            err = SerializationError(f"the worker could not {verb} of {fut._label}: "
+                                     f"{type(exc).__name__}: {exc}", stage=stage, side="worker",
+                                     **kw)
+            return with_remote_traceback(err, tb, header)
+        detail = loads(res.payload) if res.payload else None
+        if status == Status.CRASHED:
+            return WorkerCrashed(f"{fut._label}: the executor process died with "
+                                 f"{_exit_text(detail)} on {where}{tries}; it was restarted",
+                                 exitcode=detail, **kw)
+        if status == Status.TIMEOUT:
+            return TaskTimeout(f"{fut._label}: ran longer than its {detail:g} s timeout on "
+                               f"{where}{tries}; the executor was killed and restarted", **kw)
+        if status == Status.MEMORY:
+            limit = f" of {detail} bytes" if detail else ""
+            return MemoryLimitExceeded(f"{fut._label}: exceeded its memory limit{limit} on "
+                                       f"{where}{tries}", **kw)
+        if status == Status.LOST:
+            return WorkerLost(f"{fut._label}: {detail}{tries}", **kw)
+        if status == Status.INTERRUPTED:
+            return TaskInterrupted(f"{fut._label}: interrupted ({detail})", **kw)
+        if status == Status.CANCELLED:
+            return TaskInterrupted(f"{fut._label}: cancelled before it started", **kw)
+        return TaskError(f"{fut._label}: {detail}", **kw)
+
+    def _break(self, exc: BrokenWorld) -> None:
+        with self.lock:
+            self.broken = exc
+            futs = list(self.inflight.values()) + [f for f, _ in self.outbox]
+            self.inflight.clear()
+            self.outbox.clear()
+            self.outstanding = 0
+            self.room.notify_all()
+            self.reply_ready.notify_all()
+        for fut in futs:
+            if not fut.done():
+                if fut.running() or fut.set_running_or_notify_cancel():
+                    fut.set_exception(exc)
+
+
+def _where(info: TaskInfo | None) -> str:
+    return info.where() if info else "no worker"
+
+
+def _exit_text(code: Any) -> str:
+    import signal
+    if isinstance(code, int) and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name} (exit status {code})"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,169 @@
+"""The scheduler's vocabulary: events it takes in and instructions it gives out.
+
+Small frozen dataclasses, no behaviour: :mod:`colocate.scheduler` decides, the server loop
+(:mod:`colocate.server`) turns events from sockets and MPI into these and carries the
+instructions out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .messages import Outcome, ResultMsg, Status, TaskMsg, Work
+
+
+# ----- events ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClientJoined:
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLeft:
+    client: int
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    client: int
+    tasks: list[TaskMsg]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    client: int
+    ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerJoined:
+    rank: int
+    node: str
+    cores: tuple[int, ...]
+    memory_budget: int
+    now: float = 0.0
+    gpus: tuple[str, ...] = ()   # the node's GPU inventory
+    machine: str = ""            # its store's machine id (same kernel as a client: shared memory)
+
+
+@dataclass(frozen=True, slots=True)
+class PutRequested:
+    client: int
+    req: int
+    nbytes: int
+    node: str | None = None
+    near: str = ""               # the client's machine id
+
+
+@dataclass(frozen=True, slots=True)
+class FreeRequested:
+    client: int
+    ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDone:
+    rank: int
+    outcomes: list[Outcome]
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeardFrom:
+    rank: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    rank: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPaused:
+    rank: int
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequested:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DrainDeadline:
+    pass
+
+
+# ----- instructions ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SendWork:
+    rank: int
+    work: list[Work]
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    client: int
+    results: list[ResultMsg]
+
+
+@dataclass(frozen=True, slots=True)
+class CutOff:
+    """Kill the running task of ``rank``, reporting ``status``; return the rest unstarted."""
+
+    rank: int
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetWorker:
+    """The rank is lost: stop talking to it."""
+
+    rank: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """Drained: nothing is queued or running any more."""
+
+
+@dataclass(frozen=True, slots=True)
+class PutGranted:
+    """Tell the client to send object ``ref_id`` to ``rank`` (its bytes are reserved there)."""
+
+    client: int
+    req: int
+    ref_id: int
+    rank: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class PutRefused:
+    client: int
+    req: int
+    reason: str
+    full: bool     # for lack of budget (as opposed to a bad request)
+
+
+@dataclass(frozen=True, slots=True)
+class DropObjects:
+    """Tell ``rank`` to release objects."""
+
+    rank: int
+    ids: list[int]
+
+
+Event = (ClientJoined | ClientLeft | Submitted | CancelRequested | WorkerJoined | WorkerDone
+         | HeardFrom | WorkerLost | WorkerPaused | Tick | DrainRequested | DrainDeadline
+         | PutRequested | FreeRequested)
+Instruction = (SendWork | Deliver | CutOff | ForgetWorker | Exit | PutGranted | PutRefused
+               | DropObjects)
