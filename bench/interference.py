@@ -12,6 +12,10 @@ alone     cpu/matrixprod on core 0                    none
 a         same                                        default controls
 b         same                                        controls off (no pinning, normal priority,
                                                       no cgroups, no guard)
+n         same                                        none: the same tasks back to back in a plain
+                                                      process pinned to core 1 (what any program
+                                                      on the spare core costs the host: caches,
+                                                      memory bandwidth, a shared physical core)
 alone2    cpu/matrixprod x2 on cores 0-1              none
 c         same (the host wants the spare core too)    default controls
 c_nocg    same                                        default controls but cgroups off
@@ -89,6 +93,7 @@ class Config:
     colocate: dict | None = None   # world environment; None = host alone
     task: str | None = None        # key of TASKS; None = the --task option
     ref: str | None = None         # the configuration this one's slowdown is measured against
+    neighbor: bool = False         # the same tasks in a plain process on the spare core instead
 
 
 HOSTS = {
@@ -101,6 +106,7 @@ CONFIGS = {c.name: c for c in (
     Config("alone", "host alone (core 0)", "cpu1"),
     Config("a", "+ colocate, default controls", "cpu1", DEFAULTS, ref="alone"),
     Config("b", "+ colocate, controls off", "cpu1", CONTROLS_OFF, ref="alone"),
+    Config("n", "+ same tasks, plain process", "cpu1", neighbor=True, ref="alone"),
     Config("alone2", "host alone (cores 0-1)", "cpu2"),
     Config("c", "+ colocate, default controls", "cpu2", DEFAULTS, ref="alone2"),
     Config("c_nocg", "+ colocate, defaults, cgroups off", "cpu2", NO_CGROUPS, ref="alone2"),
@@ -376,7 +382,7 @@ def measure(cfg: Config, args: argparse.Namespace, task_arg: dict, directory: Pa
     """One run of one configuration: world (if any), load, host, accounting."""
     quiet_before = wait_quiet(args.quiet_wait)
     rec: dict = {"config": cfg.name, "quiet_before_cores": round(quiet_before, 3)}
-    world = ex = loader = None
+    world = ex = loader = neighbor = None
     me = psutil.Process()
     try:
         if cfg.colocate is not None:
@@ -386,6 +392,15 @@ def measure(cfg: Config, args: argparse.Namespace, task_arg: dict, directory: Pa
             loader = Loader(ex, TASKS[task], task_arg[task])
             time.sleep(args.warmup)
             procs = world.processes()
+            rec["task"] = task
+        elif cfg.neighbor:
+            task = cfg.task or args.task
+            neighbor = subprocess.Popen(
+                ["taskset", "-c", str(SPARE_CORE), sys.executable, __file__, "--_neighbor",
+                 task, str(task_arg[task])], env=clean_env(f"host-{os.getpid()}"),
+                stdin=subprocess.DEVNULL, start_new_session=True)
+            time.sleep(args.warmup)
+            procs = {"executor": [psutil.Process(neighbor.pid)], "ranks": [], "launcher": []}
             rec["task"] = task
         else:
             procs = {}
@@ -403,6 +418,10 @@ def measure(cfg: Config, args: argparse.Namespace, task_arg: dict, directory: Pa
         rec["background_cores"] = round(
             (sum(busy.values()) * window - host["cpu_s"] - mine - sum(per_kind.values()))
             / window, 3)
+        if neighbor is not None:
+            cpu = per_kind["executor"] / window
+            rec.update(harvest_task=round(cpu, 4), harvest_cpu=round(cpu, 4), overhead_cores=0.0,
+                       guard_pauses=0)
         if loader is not None:
             loader.stop()
             inside = sum(max(0.0, min(i.finished, t1) - max(i.started, t0)) for i in loader.infos)
@@ -418,6 +437,9 @@ def measure(cfg: Config, args: argparse.Namespace, task_arg: dict, directory: Pa
                 executor_pids=[p.pid for p in procs["executor"]],
                 cores_seen=sorted({c for i in loader.infos for c in i.cores}))
     finally:
+        if neighbor is not None:
+            os.killpg(neighbor.pid, signal.SIGKILL)
+            neighbor.wait(10)
         if loader is not None:
             loader.stopping.set()
         if world is not None:
@@ -464,11 +486,11 @@ def summarize(runs: list[dict], names: list[str]) -> list[dict]:
             paired = [100.0 * (1 - a["host"]["rate"] / b["host"]["rate"])
                       for a in mine for b in ref if a["round"] == b["round"]]
             row["slowdown_paired_pct"] = _stats(paired) if paired else None
-        if cfg.colocate is not None:
+        if cfg.colocate is not None or cfg.neighbor:
             row["harvest_task"] = _stats([r["harvest_task"] for r in mine])
             row["harvest_cpu"] = _stats([r["harvest_cpu"] for r in mine])
             row["overhead_cores"] = _stats([r["overhead_cores"] for r in mine])
-            row["guard_pauses"] = _stats([r["guard_pauses"] for r in mine])
+            row["guard_pauses"] = _stats([r.get("guard_pauses", 0) for r in mine])
             row["task"] = mine[0]["task"]
         rows.append(row)
     return rows
@@ -483,8 +505,16 @@ def verdict(rows: list[dict]) -> dict:
     ok = slow <= TARGET_SLOWDOWN and harvest >= TARGET_HARVEST
     why = (f"slowdown {slow:+.1f} % (+/- {a['slowdown_se_pct']:.1f}) vs <= {TARGET_SLOWDOWN:g} %;"
            f" harvest {harvest:.0%} (lower of task time and CPU time) vs >= {TARGET_HARVEST:.0%}")
-    return {"result": "PASS" if ok else "MISS", "why": why, "slowdown_pct": slow,
-            "harvest": harvest}
+    out = {"result": "PASS" if ok else "MISS", "why": why, "slowdown_pct": slow,
+           "harvest": harvest}
+    n = next((r for r in rows if r["config"] == "n" and "slowdown_pct" in r), None)
+    if n is not None:   # what any program doing the same work on the spare core costs the host
+        out["hardware_floor_pct"] = n["slowdown_pct"]
+        out["colocate_share_pct"] = slow - n["slowdown_pct"]
+        out["why"] += (f"; the same tasks in a plain process on the spare core (row n) slow the "
+                       f"host by {n['slowdown_pct']:+.1f} %, so colocate's own share is "
+                       f"{slow - n['slowdown_pct']:+.1f} %")
+    return out
 
 
 def render(rows: list[dict]) -> str:
@@ -580,7 +610,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="colocate task for the cpu configurations (default matmul)")
     p.add_argument("--json", type=Path, default=RESULTS / "interference.json")
     p.add_argument("--plot", type=Path, help="PNG path (default: next to the JSON)")
+    p.add_argument("--_neighbor", nargs=2, metavar=("TASK", "ARG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args._neighbor:   # row n: run the tasks back to back until killed
+        fn, arg = TASKS[args._neighbor[0]], int(args._neighbor[1])
+        while True:
+            fn(arg)
     q = args.quick
     args.rounds = args.rounds or (1 if q else 4)
     args.duration = args.duration or (2.0 if q else 6.0)
@@ -607,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     CONTROLS_OFF["COLOCATE_CO_LOCATION_CGROUPS"] = cgroups_off_value()
     NO_CGROUPS["COLOCATE_CO_LOCATION_CGROUPS"] = CONTROLS_OFF["COLOCATE_CO_LOCATION_CGROUPS"]
     os.sched_setaffinity(0, {SPARE_CORE})   # this client lives on the spare core
-    tasks_used = {CONFIGS[n].task or args.task for n in names if CONFIGS[n].colocate}
+    tasks_used = {CONFIGS[n].task or args.task for n in names
+                  if CONFIGS[n].colocate or CONFIGS[n].neighbor}
     task_arg = {t: calibrate(TASKS[t]) for t in sorted(tasks_used)}
     info = machine()
     print(f"interference: {info['cpu_model']}, {info['cores']} cores, kernel {info['kernel']}, "
