@@ -26,7 +26,7 @@ class Stream:
     send), and :meth:`receive` when it is readable. ``closed`` turns true at end of file.
     """
 
-    __slots__ = ("sock", "_out", "_in", "closed", "_fd")
+    __slots__ = ("sock", "_out", "_in", "_chunk", "closed", "_fd")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -35,6 +35,11 @@ class Stream:
         self._fd = sock.fileno()
         self._out = bytearray()
         self._in = bytearray()
+        # Reads land in this buffer, reused: ``sock.recv(READ_CHUNK)`` would allocate (and free)
+        # a 1 MiB object per call, i.e. an mmap/munmap pair, and under the MPICH wheel's UCX
+        # netmod every such pair costs rank 0 memory that is never given back (UCX's memory
+        # hooks record each event): about 250 bytes per read, so per task.
+        self._chunk: bytearray | None = None
         self.closed = False
 
     def fileno(self) -> int:
@@ -67,19 +72,23 @@ class Stream:
 
     def receive(self) -> list[Any]:
         """Read what has arrived and return the complete objects in it."""
+        if self._chunk is None:
+            self._chunk = bytearray(READ_CHUNK)
+        chunk = self._chunk
         while True:
             try:
-                chunk = self.sock.recv(READ_CHUNK)
+                k = self.sock.recv_into(chunk)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 self.closed = True
                 break
-            if not chunk:
+            if not k:
                 self.closed = True
                 break
-            self._in += chunk
-            if len(chunk) < READ_CHUNK:
+            with memoryview(chunk) as view:
+                self._in += view[:k]
+            if k < READ_CHUNK:
                 break
         out = []
         buf = self._in
