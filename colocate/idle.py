@@ -23,7 +23,7 @@ class Backoff:
     __slots__ = ("hot", "warm_max", "cold_after", "cold", "last", "_step")
 
     def __init__(self, hot: float = 0.002, warm_max: float = 0.001, cold_after: float = 0.05,
-                 cold: float = 0.01) -> None:
+                 cold: float = 0.05) -> None:
         self.hot = hot
         self.warm_max = warm_max
         self.cold_after = cold_after

@@ -51,6 +51,12 @@ from .storeserver import StoreServer
 
 log = logging.getLogger("colocate.worker")
 
+# Outcomes of short tasks sent ahead share one Done: each message to rank 0 costs a wake-up of
+# it and of the client, so per-task messages cap throughput at a few thousand tasks a second.
+# Waiting longer adds latency to a stream of results; a lone task's result is never held.
+COALESCE_WAIT = 0.002   # seconds an outcome may wait for the next ones
+COALESCE_MAX = 64       # outcomes that are sent at once, without waiting
+
 
 class Worker:
     """State and loop of one worker rank.
@@ -77,6 +83,8 @@ class Worker:
         self.inline_cache: dict = {}
         self.child: ExecutorProcess | None = None
         self.last_sent = time.monotonic()
+        self.unsent: list[Outcome] = []   # finished outcomes held back to share one Done
+        self.unsent_since = 0.0
         self.running = True
         self.conf: Confinement | None = None
         self.paused_at: float | None = None
@@ -122,6 +130,7 @@ class Worker:
             while self.running:
                 self._step()
         finally:
+            self._report([], flush=True)
             if self.child is not None:
                 self.child.kill()
             if self.conf is not None:
@@ -145,6 +154,8 @@ class Worker:
             wait = min(self.backoff.cold, guard_due)
             if deadline is not None:
                 wait = min(wait, deadline - now)
+            if self.unsent:
+                wait = min(wait, self.unsent_since + COALESCE_WAIT - now)
             ready, _, _ = select.select([child.from_child, self.bell], [], [], max(0.0, wait))
             if child.from_child in ready:
                 outcomes, died = child.collect()
@@ -152,7 +163,7 @@ class Worker:
                     log.warning("rank %d: %s; starting a new executor", self.rank, died)
                     outcomes += child.fail_held(died)
                 self._narrow(outcomes)
-                self._done(outcomes)
+                self._report(outcomes, flush=died is not None or not child.busy)
                 self.backoff.active()
             elif deadline is not None and time.monotonic() >= deadline:
                 timeout = child.held[0][0].timeout
@@ -160,10 +171,12 @@ class Worker:
                             self.rank, timeout, child.pid)
                 outcomes = child.cut_off(Status.TIMEOUT, dumps(timeout))
                 self._narrow(outcomes)
-                self._done(outcomes)
+                self._report(outcomes, flush=True)
             if self.bell in ready:
                 self._check_bell()
+            self._report([], flush=False)
         else:
+            self._report([], flush=True)
             delay = min(self.backoff.delay(now), guard_due)
             if delay == 0.0:
                 os.sched_yield()
@@ -202,7 +215,7 @@ class Worker:
                 if work.fn_bytes is not None:
                     self.fn_store[work.fn_hash] = work.fn_bytes
             if self.inline:
-                self._done([self._run_inline(w) for w in msg.work])
+                self._report([self._run_inline(w) for w in msg.work], flush=True)
             else:
                 held = [w.memory for w, _ in self.child.held] + [w.memory for w in msg.work]
                 self.conf.limit_memory(None if None in held else max(held))
@@ -215,13 +228,30 @@ class Worker:
             if self.child is not None and self.child.busy:
                 outcomes = self.child.cut_off(Status(msg.status), dumps("cut off by the drain"))
                 self._narrow(outcomes)
-                self._done(outcomes)
+                self._report(outcomes, flush=True)
         elif kind is DropObjects:
             self.store.drop(msg.ids)
         elif kind is Shutdown:
             self.running = False
         else:
             log.error("rank %d: unexpected message %r", self.rank, kind.__name__)
+
+    def _report(self, outcomes: list[Outcome], flush: bool) -> None:
+        """Send outcomes to rank 0, holding short tasks' back briefly to share one message.
+
+        While the executor still holds work sent ahead, an outcome waits up to
+        ``COALESCE_WAIT`` (or until ``COALESCE_MAX`` have gathered) for the next ones. ``flush``
+        (the executor is idle, died, or was cut off) sends everything at once, so a lone task's
+        result is never delayed and nothing finished is held across a crash.
+        """
+        if outcomes:
+            if not self.unsent:
+                self.unsent_since = time.monotonic()
+            self.unsent += outcomes
+        if self.unsent and (flush or len(self.unsent) >= COALESCE_MAX
+                            or time.monotonic() - self.unsent_since >= COALESCE_WAIT):
+            out, self.unsent = self.unsent, []
+            self._done(out)
 
     def _done(self, outcomes: list[Outcome]) -> None:
         """Report outcomes, each with the objects its task kept."""
