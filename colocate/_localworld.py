@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shlex
 import time
 
 from .errors import ServerUnavailable
@@ -18,8 +19,10 @@ class LocalWorld:
         import tempfile
         self.dir = tempfile.mkdtemp(prefix="colocate-")
         self.path = os.path.join(self.dir, "address")
-        mpiexec = os.environ.get("COLOCATE_MPIEXEC", "mpiexec")
-        cmd = [mpiexec, "-n", str(workers + 1), sys.executable, "-m", "colocate", "serve",
+        # A launcher with its options, e.g. "mpiexec --oversubscribe" for Open MPI.
+        launcher = shlex.split(os.environ.get("COLOCATE_MPIEXEC", "mpiexec")) or ["mpiexec"]
+        mpiexec = launcher[0]
+        cmd = [*launcher, "-n", str(workers + 1), sys.executable, "-m", "colocate", "serve",
                "--address-file", self.path]
         if config:
             cmd += ["--config", config]

@@ -106,6 +106,8 @@ def test_plain_mpiexec_ends_the_job_promptly_and_resume_completes(openmpi, tmp_p
     batch = tmp_path / "b.yaml"
     batch.write_text(f"name: sq\nfunction: slow_kernels:slow_square\n"
                      f"tasks:\n  product: {{x: {list(range(n))}, delay: [0.1]}}\noutput: out\n")
+    # COLOCATE_MPIEXEC takes a command line: Open MPI's own launcher with its options.
+    env = {**env, "COLOCATE_MPIEXEC": f"{VENV / 'bin' / 'mpiexec'} --oversubscribe"}
     run = subprocess.Popen([python, "-m", "colocate", "run", str(batch), "-n", "2",
                             "--no-progress"], cwd=tmp_path, env=env, start_new_session=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
