@@ -302,3 +302,25 @@ def subprocess_env_fixture() -> Callable[..., dict[str, str]]:
 def assert_no_leftovers_fixture() -> Callable[..., None]:
     """:func:`assert_no_leftovers` for test modules: ``(tag, timeout=15.0)``."""
     return assert_no_leftovers
+
+
+@pytest.fixture(name="run_bench")
+def run_bench_fixture(tmp_path: Path) -> Callable[..., tuple[str, dict]]:
+    """Run ``bench/NAME.py ARGS --json TMP`` in a tagged environment: ``(stdout, json data)``.
+
+    Fails unless it exits 0 and leaves no process behind. Speed is never asserted: the numbers
+    depend on the machine and on whoever else uses it.
+    """
+    bench = Path(__file__).resolve().parents[1] / "bench"
+
+    def run(name: str, *args: str, timeout: float = 280.0) -> tuple[str, dict]:
+        import json
+        out = tmp_path / f"{name}.json"
+        tag = f"bench-{name}-{uuid.uuid4().hex[:12]}"
+        proc = subprocess.run([sys.executable, str(bench / f"{name}.py"), *args, "--json",
+                               str(out)], env=subprocess_env(tag), capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        assert_no_leftovers(tag)
+        return proc.stdout, json.loads(out.read_text())
+    return run

@@ -5,18 +5,11 @@ No speed assertions: the numbers depend on the machine and on whoever else uses 
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.timeout(240)
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "core.py"
 
 
 def _positive(x) -> bool:
@@ -27,17 +20,10 @@ def _cpu(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
 
 
-def test_quick_run_writes_rows(tmp_path, subprocess_env, assert_no_leftovers):
-    out = tmp_path / "core.json"
-    tag = f"bench-{uuid.uuid4().hex[:12]}"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
-                          env=subprocess_env(tag), capture_output=True, text=True, timeout=220,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert_no_leftovers(tag)
-    assert "PASS" in proc.stdout or "MISS" in proc.stdout, proc.stdout
+def test_quick_run_writes_rows(run_bench):
+    stdout, data = run_bench("core", "--quick")
+    assert "PASS" in stdout or "MISS" in stdout, stdout
 
-    data = json.loads(out.read_text())
     assert {"cpu_model", "cores", "kernel", "python", "mpi4py", "mpich",
             "colocate_git"} <= set(data["machine"])
     assert data["verdict"]["result"] in ("PASS", "MISS")

@@ -5,20 +5,12 @@ No speed assertions: the numbers depend on the machine and on whoever else uses 
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
-import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.timeout(240)
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "interference.py"
-TAG_VAR = "CLTEST_WORLD"   # the conftest's tag: every process the bench starts inherits it
 
 
 def _number(x) -> bool:
@@ -28,17 +20,10 @@ def _number(x) -> bool:
 @pytest.mark.skipif(shutil.which("stress-ng") is None,
                     reason="stress-ng is not installed (the host program; Debian: apt-get "
                     "install stress-ng, as .ci/run does)")
-def test_quick_run_writes_rows(tmp_path, subprocess_env, assert_no_leftovers):
-    out = tmp_path / "interference.json"
-    tag = f"bench-{uuid.uuid4().hex[:12]}"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
-                          env=subprocess_env(tag), capture_output=True, text=True, timeout=220,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert_no_leftovers(tag)
-    assert "PASS" in proc.stdout or "MISS" in proc.stdout, proc.stdout
+def test_quick_run_writes_rows(run_bench, tmp_path):
+    stdout, data = run_bench("interference", "--quick")
+    assert "PASS" in stdout or "MISS" in stdout, stdout
 
-    data = json.loads(out.read_text())
     assert {"cpu_model", "kernel", "cores", "stress_ng"} <= set(data["machine"])
     assert data["verdict"]["result"] in ("PASS", "MISS")
     rows = {r["config"]: r for r in data["rows"]}
@@ -51,4 +36,4 @@ def test_quick_run_writes_rows(tmp_path, subprocess_env, assert_no_leftovers):
         assert _number(row["slowdown_pct"]) and _number(row["slowdown_se_pct"]), row
         for key in ("harvest_task", "harvest_cpu", "overhead_cores"):
             assert _number(row[key]["mean"]) and row[key]["mean"] >= 0, (name, key, row[key])
-    assert (tmp_path / "interference.png").exists() or "no plot" in proc.stdout
+    assert (tmp_path / "interference.png").exists() or "no plot" in stdout
