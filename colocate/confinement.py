@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .colocation.cgroups import CgroupManager
 from .colocation.guard import FreezerAction, Guard, SignalAction, choose_action
@@ -34,15 +34,18 @@ class Confinement:
         cores: the rank's cores.
         budget: the node's memory budget for functions, in bytes.
         on_pause: called with ``True``/``False`` when the guard pauses/resumes the executor.
+        peers: the world's other processes on this node (rank 0, other worker ranks, the
+            launcher's proxy), whose CPU time the guard must not count as the host's.
     """
 
     def __init__(self, cfg: dict, rank: int, cores: list[int], budget: int,
-                 on_pause: Callable[[bool], None]) -> None:
+                 on_pause: Callable[[bool], None], peers: Sequence[int] = ()) -> None:
         co = cfg["co_location"]
         self.cores = list(cores)
         self.pinning = co["pinning"]
         self.budget = budget
         self.on_pause = on_pause
+        self.peers = list(peers)   # the world's other processes on this node: not the host
         self.child_pid: Callable[[], int | None] = lambda: None
         self.paused_since: float | None = None
         self.paused_total = 0.0
@@ -76,7 +79,7 @@ class Confinement:
         self.next_sample = time.monotonic()
 
     def _own_pids(self) -> list[int]:
-        return [p for p in (os.getpid(), self.child_pid()) if p]
+        return [p for p in (os.getpid(), self.child_pid(), *self.peers) if p]
 
     def _paused(self, act: Callable[[int], None], paused: bool) -> Callable[[int], None]:
         def apply(core: int) -> None:

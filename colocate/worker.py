@@ -106,7 +106,8 @@ class Worker:
             set_context(ctx)
         else:
             self.conf = Confinement(self.cfg, self.rank, list(self.place["cores"]),
-                                    self.place["memory_budget"], self._paused)
+                                    self.place["memory_budget"], self._paused,
+                                    self.place.get("peers", []))
             settings = {
                 "cores": list(self.place["cores"]) if co["pinning"] else None,
                 "priority": co["priority"],

@@ -108,6 +108,7 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
             f"found {size} rank, needs at least 2: rank 0 schedules and ranks 1..N-1 run "
             "tasks; start it as `mpiexec -n N colocate serve` with N >= 2")
     names = mpi.allgather(comm, node_name(cfg))
+    pids = mpi.allgather(comm, os.getpid())
     workers = list(range(1, size))
     if rank == 0:
         _confine_scheduler(cfg)
@@ -147,6 +148,10 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
     place = {"node": names[rank], "cores": cores, "gpus": gpus,
              "memory_budget": memory_budget(cfg["co_location"]["memory_budget"]),
              "detail": {"spare": spare, "source": source, "pid": os.getpid()},
+             # The world's other processes here (rank 0, other workers, the launcher's proxy):
+             # the guard must not mistake their CPU time for the host's.
+             "peers": [p for r, p in enumerate(pids) if names[r] == names[rank] and r != rank]
+             + [os.getppid()],
              # The data port of the object store listens where rank 0's socket does: loopback
              # for a one-node world, else this node's own address.
              "token": address.token,
