@@ -23,6 +23,7 @@ from typing import Any
 
 from colocate.errors import TaskInterrupted
 
+from .data import DataRefs
 from .functions import resolve_function
 from .journal import EXIT_CONFIG, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, RunDir, RunSummary
 from .progress import Progress
@@ -121,6 +122,7 @@ def run_batch(ex: Any, spec: BatchSpec, run_dir: RunDir, progress: bool | str | 
     finally:
         for fut in in_flight:
             fut.cancel()
+        submitter.data.free()
         try:
             summary = run_dir.write_summary(error)
         finally:
@@ -146,6 +148,7 @@ class _Submitter:
         self.spec = spec
         self.views: dict[Any, Any] = {}
         self.functions: dict[str, Callable] = dict(spec.functions)
+        self.data = DataRefs(ex, getattr(spec, "data", {}))
 
     def submit(self, task: TaskSpec) -> Future:
         fn = self.functions.get(task.function)
@@ -156,4 +159,5 @@ class _Submitter:
         if view is None:
             kwargs = task.options.executor_kwargs()
             view = self.views[task.options] = self.ex.options(**kwargs) if kwargs else self.ex
-        return view.submit(fn, *task.args, **task.kwargs)
+        args, kwargs = self.data.resolve(task.args, task.kwargs)
+        return view.submit(fn, *args, **kwargs)

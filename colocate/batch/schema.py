@@ -53,13 +53,14 @@ from colocate.colocation.units import parse_size
 from colocate.errors import ConfigError
 
 from ._yaml import BatchConfigError, MarkedDict, MarkedList, line_of, load_marked
+from .data import check_npy, refs_in
 from .functions import resolve_exception, resolve_function, split_ref
 
 __all__ = ["BatchConfigError", "BatchSpec", "BlockSpec", "TaskOptions", "TaskSpec", "UNSET",
            "load_batch", "parse_batch"]
 
 OPTION_KEYS = ("cores", "memory", "gpus", "timeout", "retries", "retry_on")
-TOP_KEYS = ("name", "output", "function", "defaults", "tasks", "blocks")
+TOP_KEYS = ("name", "output", "data", "function", "defaults", "tasks", "blocks")
 BLOCK_KEYS = ("name", "function", "defaults", "tasks")
 SWEEP_KEYS = ("product", "zip", "args", "kwargs", "defaults")
 CALL_KEYS = ("args", "kwargs", *OPTION_KEYS)
@@ -153,6 +154,7 @@ class BatchSpec:
         blocks: the blocks, in file order.
         tasks: every task, block by block, in file order.
         functions: the callable for each function reference.
+        data: named ``.npy`` arrays (``data:``), passed to tasks as ``{ref: NAME}``.
     """
 
     name: str
@@ -163,6 +165,7 @@ class BatchSpec:
     blocks: tuple[BlockSpec, ...]
     tasks: tuple[TaskSpec, ...]
     functions: Mapping[str, Callable] = field(default_factory=dict, repr=False, compare=False)
+    data: Mapping[str, Path] = field(default_factory=dict)
 
     def default_output(self, now: _dt.datetime | None = None) -> Path:
         """``runs/<name>-<YYYYmmdd-HHMMSS>`` (relative to the current directory)."""
@@ -298,6 +301,7 @@ class _Parser:
                               "directory; expected a path below it, or an absolute path if "
                               "that is really where results belong", "output", top, "output")
         defaults = self.options(top.get("defaults", {}), OPTION_KEYS, "defaults", top, "defaults")
+        data = self.data(top["data"], top) if "data" in top else {}
         if "blocks" in top:
             for key in ("function", "tasks"):
                 if key in top:
@@ -326,17 +330,42 @@ class _Parser:
             seen[bname] = bpath
         tasks: list[TaskSpec] = []
         blocks = []
-        for bname, ref, bdefaults, calls, _path, line in raw:
+        for bname, ref, bdefaults, calls, bpath, line in raw:
             for index, call in enumerate(calls):
+                for wanted in refs_in(call.args, call.kwargs):
+                    if wanted not in data:
+                        raise BatchConfigError(
+                            f"a task of block {bname!r} passes {{ref: {wanted!r}}}, but "
+                            f"'data' names {', '.join(map(repr, data)) or 'nothing'}; add it "
+                            "to 'data' (name: path/to/file.npy) or fix the name",
+                            source=self.source, key=bpath or "tasks", line=line)
                 tasks.append(TaskSpec(_task_id(bname, index, ref, call.args, call.kwargs),
                                       bname, ref, call.args, call.kwargs, call.options))
             blocks.append(BlockSpec(bname, ref, bdefaults, len(calls), line))
         spec = BatchSpec(name=name, source=self.source, base_dir=self.base_dir, text=text,
                          output=output, blocks=tuple(blocks), tasks=tuple(tasks),
-                         functions=dict(self.functions))
+                         functions=dict(self.functions), data=data)
         if check_output:
             self.output(output or DEFAULT_RUNS_DIR, top if output else None)
         return spec
+
+    def data(self, node: Any, top: MarkedDict) -> dict[str, Path]:
+        """``data:`` -> ``{name: path}``, each a readable ``.npy`` file (see batch/data.py)."""
+        node = self.mapping(node, "data", top, "data", "a mapping of names to .npy files")
+        out = {}
+        for name, value in node.items():
+            path = _join("data", name)
+            if not isinstance(value, str) or not value.strip():
+                self.fail(f"expected a path to a .npy file, found {_describe(value)}", path,
+                          node, name)
+            file = Path(value).expanduser()
+            file = file if file.is_absolute() else self.base_dir / file
+            why = check_npy(file)
+            if why:
+                self.fail(f"found {value!r} ({file}), but {why}; expected an array saved with "
+                          "numpy.save", path, node, name)
+            out[str(name)] = file
+        return out
 
     def name(self, node: MarkedDict, key: str, default: str) -> str:
         value = node.get(key, default)

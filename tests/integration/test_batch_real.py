@@ -118,3 +118,22 @@ def test_submit_without_wait_returns_at_once_and_a_recorder_writes_the_results(t
     finally:
         colocate("stop", "--address", str(tmp_path / "addr"), cwd=tmp_path)
         world.wait(30)
+
+
+@pytest.mark.timeout(120)
+def test_named_array_is_stored_once_and_passed_by_reference(tmp_path):
+    import numpy as np
+    field = np.arange(512 * 512, dtype=np.float64).reshape(512, 512)   # 2 MiB: shared memory
+    np.save(tmp_path / "field.npy", field)
+    (tmp_path / "k.py").write_text(
+        "def total(a, scale=1):\n"
+        "    assert not a.flags.writeable   # the stored array, mapped read-only\n"
+        "    return float(a.sum()) * scale\n")
+    batch = tmp_path / "b.yaml"
+    batch.write_text("name: d\ndata: {field: field.npy}\nfunction: k.py:total\n"
+                     "tasks:\n  product: {a: [{ref: field}], scale: [1, 2, 3]}\noutput: out\n")
+    colocate("run", str(batch), "-n", "1", "--no-progress", cwd=tmp_path, check_rc=0)
+    recs = records(tmp_path / "out")
+    total = float(field.sum())
+    assert sorted(r["result"] for r in recs) == [total, 2 * total, 3 * total], recs
+    assert all(r["kwargs"]["a"] == {"ref": "field"} for r in recs), recs

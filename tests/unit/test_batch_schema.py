@@ -90,7 +90,7 @@ def test_unknown_top_level_key(batch):
         tasks: [{args: [1]}]
         """))
     assert e.key == "fuction" and e.line == 1
-    assert "name, output, function, defaults, tasks, blocks" in str(e)
+    assert "name, output, data, function, defaults, tasks, blocks" in str(e)
 
 
 def test_unknown_key_in_call(batch):
