@@ -107,8 +107,9 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         raise ConfigError(
             f"found {size} rank, needs at least 2: rank 0 schedules and ranks 1..N-1 run "
             "tasks; start it as `mpiexec -n N colocate serve` with N >= 2")
-    names = mpi.allgather(comm, node_name(cfg))
-    pids = mpi.allgather(comm, os.getpid())
+    gathered = mpi.allgather(comm, (node_name(cfg), os.getpid()))   # one collective for both
+    names = [name for name, _ in gathered]
+    pids = [pid for _, pid in gathered]
     workers = list(range(1, size))
     if rank == 0:
         _confine_scheduler(cfg)

@@ -148,7 +148,7 @@ class _Submitter:
         self.spec = spec
         self.views: dict[Any, Any] = {}
         self.functions: dict[str, Callable] = dict(spec.functions)
-        self.data = DataRefs(ex, getattr(spec, "data", {}))
+        self.data = DataRefs(ex, spec.data)
 
     def submit(self, task: TaskSpec) -> Future:
         fn = self.functions.get(task.function)
