@@ -1,11 +1,17 @@
 """The executor child: the sandbox process in which user functions run.
 
 Started by a worker rank with ``python -m colocate._child`` (a fresh interpreter, never MPI), it
-applies its sandbox to itself (pinning, lowest priority, thread limits), then loops: read a frame
-of :class:`~colocate.messages.Work` items from its worker, run them in order, write back
-:class:`~colocate.messages.Outcome` items. A reader thread keeps the pipe drained so the worker
-never blocks on a write while a task computes. Functions are cached by content hash. Each
-outcome is written the moment its task ends (the worker reads them in batches).
+applies its sandbox to itself (pinning, lowest priority, thread limits), then loops: read the
+frames of :class:`~colocate.messages.Work` items its worker has written, run them in order, write
+back one :class:`~colocate.messages.Outcome` per task. It reads on its one thread, only when it has
+nothing left to run: a reader thread would cost a thread hand-off per task, and the worker never
+blocks on a full pipe anyway (it queues what the pipe cannot take yet). Functions are cached by
+content hash. Each outcome is written the moment its task ends (the worker reads them in batches).
+
+Both directions carry plain tuples, not the named tuples of :mod:`colocate.messages`, and an
+outcome's status as a plain ``int`` (what ``Outcome.status`` declares; every reader compares
+values): named tuples and enum members take several times longer to pickle and unpickle, at
+every hop of every task.
 
 ``Ref`` arguments (:mod:`colocate.store`) are resolved here, just before the call: an array held
 on this machine is mapped read-only from its worker rank's memory, without a copy.
@@ -16,26 +22,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import queue
 import sys
-import threading
 import time
 
-
-def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
-    from ._frames import read_frame
-    while True:
-        try:
-            inbox.put(read_frame(fd))
-        except (EOFError, OSError):
-            inbox.put(None)
-            return
+from . import store
+from .messages import Outcome, Status, Work, dump_exception, dumps, qualname
 
 
 def run_work(work, cache: dict, where: dict):
     """Run one Work item; return an Outcome. Never raises."""
-    from . import store
-    from .messages import Outcome, Status, dump_exception, dumps, qualname
     started = time.time()
     try:
         fn = cache.get(work.fn_hash)
@@ -103,27 +98,28 @@ def main() -> None:
     """Entry point: ``python -m colocate._child IN_FD OUT_FD SETTINGS_JSON``."""
     in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])
     settings = json.loads(sys.argv[3])
-    from .store import context_from_environment
-    context_from_environment()
+    store.context_from_environment()
     from .colocation.sandbox import apply_sandbox
     applied = apply_sandbox(settings.get("cores"), settings.get("priority", "idle"),
                             settings.get("threads"), settings.get("memory_limit"),
                             die_with_parent=True)
-    from ._frames import write_frame
-    from .messages import Done
+    from ._frames import FrameReader, write_frame
     write_frame(out_fd, {"ready": os.getpid(), "sandbox": applied})
 
-    inbox: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_reader, args=(in_fd, inbox), daemon=True).start()
+    reader = FrameReader(in_fd)
     cache: dict = {}
     while True:
-        batch = inbox.get()
-        if batch is None:
+        try:
+            batches = reader.next()
+        except (EOFError, OSError):   # the worker rank is gone
             return
-        for work in batch:
-            # Each outcome is written as soon as it exists: if a later task kills this process,
-            # what finished before is already in the pipe and is not lost.
-            write_frame(out_fd, Done([run_work(work, cache, settings)]))
+        for batch in batches:
+            for item in batch:
+                out = run_work(Work._make(item), cache, settings)
+                # Each outcome is written as soon as it exists: if a later task kills this
+                # process, what finished before is already in the pipe and is not lost.
+                write_frame(out_fd, (out.gid, int(out.status), *out[2:]))
+
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,13 @@ The worker rank never runs user code (unless ``executor.isolation`` is ``inline`
 warm child per slot, writes it batches of work, and reads back outcomes. When the child dies the
 handle says how (exit code or signal, or an out-of-memory kill seen in its cgroup) and a new
 child is started at once, so the world keeps serving.
+
+The rank's ends of both pipes are non-blocking, so nothing the child does (computing for an
+hour, writing a large result) can stall the rank: work the pipe cannot take yet waits in
+:attr:`ExecutorProcess.outbox` and is written by the rank's loop as the pipe drains
+(:meth:`~ExecutorProcess.flush`), and outcomes are read as they arrive, a partial one kept until
+its rest comes. The pipes are enlarged where the kernel allows, so a usual batch goes in one
+write.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ._frames import read_frame, write_frame
+from ._frames import FrameReader, enlarge_pipe, frame
 from .messages import Outcome, Status, Work, dumps
 
 log = logging.getLogger("colocate.worker")
@@ -65,6 +72,8 @@ class ExecutorProcess:
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.held: deque[tuple[Work, float]] = deque()   # (work, time sent or started)
+        self.outbox: deque[memoryview] = deque()   # frames for the child not yet in its pipe
+        self.reader: FrameReader | None = None
         self.known: set[bytes] = set()
         self.sandbox: dict = {}
         self.restarts = 0
@@ -74,6 +83,8 @@ class ExecutorProcess:
         """Start a fresh child and wait (bounded) until it is ready."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        for fd in (to_child_w, from_child_w):
+            enlarge_pipe(fd)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "colocate._child", str(to_child_r), str(from_child_w),
              json.dumps(self.settings)],
@@ -83,20 +94,26 @@ class ExecutorProcess:
         os.close(to_child_r)
         os.close(from_child_w)
         self.to_child, self.from_child = to_child_w, from_child_r
+        os.set_blocking(to_child_w, False)
+        os.set_blocking(from_child_r, False)
+        self.outbox.clear()
+        self.reader = FrameReader(from_child_r)
         self.known = set()
         if self.cgroup is not None:
             self.cgroup.add(self.proc.pid)
-        ready, _, _ = select.select([self.from_child], [], [], START_TIMEOUT)
-        if not ready:
-            self.kill()
-            raise RuntimeError(f"the executor child did not start within {START_TIMEOUT:g} s")
-        try:
-            hello = read_frame(self.from_child)
-        except EOFError:
-            code = self.proc.wait(timeout=5)
-            raise RuntimeError(f"the executor child exited at start with code {code}; "
-                               "see its error output above") from None
-        self.sandbox = hello.get("sandbox", {})
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            frames, closed = self.reader.drain()
+            if frames:
+                break
+            if closed:
+                code = self.proc.wait(timeout=5)
+                raise RuntimeError(f"the executor child exited at start with code {code}; "
+                                   "see its error output above")
+            if not self.wait_readable(deadline - time.monotonic()):
+                self.kill()
+                raise RuntimeError(f"the executor child did not start within {START_TIMEOUT:g} s")
+        self.sandbox = frames[0].get("sandbox", {})
 
     @property
     def pid(self) -> int | None:
@@ -115,6 +132,7 @@ class ExecutorProcess:
         except ProcessLookupError:
             pass
         code = proc.wait(timeout=10)
+        self.outbox.clear()
         for fd in (self.to_child, self.from_child):
             try:
                 os.close(fd)
@@ -130,7 +148,10 @@ class ExecutorProcess:
 
     # ----- work ----------------------------------------------------------------------------------
     def send(self, work: list[Work], fn_store: dict[bytes, bytes]) -> None:
-        """Hand ``work`` to the child, with function bytes only where the child lacks them."""
+        """Hand ``work`` to the child, with function bytes only where the child lacks them.
+
+        Never blocks: what the pipe cannot take now waits in :attr:`outbox`.
+        """
         now = time.monotonic()
         items = []
         for w in work:
@@ -141,9 +162,36 @@ class ExecutorProcess:
                 if w.fn_bytes is None:
                     w = w._replace(fn_bytes=fn_store[w.fn_hash])
                 self.known.add(w.fn_hash)
-            items.append(w)
+            items.append(tuple(w))
             self.held.append((w, now))
-        write_frame(self.to_child, items)
+        self.outbox.append(memoryview(frame(items)))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write queued work until the pipe is full (call when it is writable); never blocks.
+
+        If the child has died, the work is dropped: it is still held, and the death (end of
+        file on the child's output, which the loop watches) accounts for it.
+        """
+        outbox = self.outbox
+        while outbox:
+            head = outbox[0]
+            try:
+                n = os.write(self.to_child, head)
+            except BlockingIOError:
+                return
+            except OSError:   # EPIPE: the child is gone
+                outbox.clear()
+                return
+            if n < len(head):   # the pipe is full
+                outbox[0] = head[n:]
+                return
+            outbox.popleft()
+
+    @property
+    def writing(self) -> bool:
+        """Whether work waits for room in the pipe: the loop then waits for it to be writable."""
+        return bool(self.outbox)
 
     @property
     def busy(self) -> bool:
@@ -163,25 +211,22 @@ class ExecutorProcess:
         return bool(ready)
 
     def collect(self) -> tuple[list[Outcome], ChildDied | None]:
-        """Read every outcome the child has written (call when readable).
+        """Read every outcome the child has written (call when readable; never blocks).
 
-        Returns the outcomes and, if the child has died, how: outcomes it wrote before dying
-        are never lost, and the death is charged to the task that was running.
+        Returns the outcomes (none if only part of one has arrived yet) and, if the child has
+        died, how: outcomes it wrote before dying are never lost, and the death is charged to
+        the task that was running.
         """
-        outcomes: list[Outcome] = []
-        died = None
-        while True:
-            try:
-                outcomes.extend(read_frame(self.from_child).outcomes)
-            except (EOFError, OSError):
-                died = self._death()
-                break
-            if not select.select([self.from_child], [], [], 0)[0]:
-                break
+        try:
+            frames, closed = self.reader.drain()
+        except OSError:
+            frames, closed = [], True
+        outcomes = [Outcome._make(f) for f in frames]   # the status stays a plain int
+        died = self._death() if closed else None
         for out in outcomes:
             if self.held and self.held[0][0].gid == out.gid:
                 self.held.popleft()
-        if self.held:   # the next held task started when the last one finished
+        if outcomes and self.held:   # the next held task started when the last one finished
             work, since = self.held[0]
             self.held[0] = (work, max(since, time.monotonic()))
         return outcomes, died

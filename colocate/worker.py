@@ -3,7 +3,8 @@
 The rank itself never runs user code (unless ``executor.isolation: inline``). It reads
 ``Dispatch`` batches from rank 0, hands them to its warm child, and sends ``Done`` batches back.
 While the child computes, the rank sleeps in ``select`` on the child's pipe and its bell, so it
-does not compete with the child for the core. It enforces task timeouts (killing the child),
+does not compete with the child for the core (and on the pipe to the child when work waits for
+room in it: the rank never blocks on its child). It enforces task timeouts (killing the child),
 turns child deaths into ``CRASHED``/``MEMORY`` outcomes, and restarts the child at once.
 
 Its :class:`~colocate.confinement.Confinement` keeps the child in a cgroup (memory limit per
@@ -157,7 +158,11 @@ class Worker:
                 wait = min(wait, deadline - now)
             if self.unsent:
                 wait = min(wait, self.unsent_since + COALESCE_WAIT - now)
-            ready, _, _ = select.select([child.from_child, self.bell], [], [], max(0.0, wait))
+            ready, writable, _ = select.select([child.from_child, self.bell],
+                                               [child.to_child] if child.writing else [], [],
+                                               max(0.0, wait))
+            if writable:
+                child.flush()
             if child.from_child in ready:
                 outcomes, died = child.collect()
                 if died is not None:
