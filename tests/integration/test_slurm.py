@@ -175,7 +175,7 @@ def test_colocate_step_starts_an_mpi_world_on_the_spare_core(slurm, tmp_path, la
 # ----- (b) the sbatch launcher, end to end ---------------------------------------------------
 def test_colocate_with_sbatch_places_host_and_functions(slurm, colocate_cli, tmp_path):
     jobid = sbatch(["-N1", "--exclusive", "--ntasks-per-node=1", "-t", "3", "-o", "out.txt",
-                    str(SBATCH), str(DATA / "where.yaml"), "--", *host_program(5)], tmp_path)
+                    str(SBATCH), str(DATA / "where.yaml"), "--", *host_program(10)], tmp_path)
     info = wait_job(jobid, 150)
     out = (tmp_path / "out.txt").read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", out
