@@ -35,7 +35,9 @@ from typing import Any
 
 from . import address as addr
 from . import store
+from ._putahead import PutAhead
 from .bell import ring_up
+from .datalink import Reservation, send_commit
 from .errors import (
     AuthenticationError,
     BrokenWorld,
@@ -63,6 +65,7 @@ from .messages import (
     TaskInfo,
     TaskMsg,
     TaskOptions,
+    UsedAhead,
     Welcome,
     dumps,
     loads,
@@ -131,7 +134,10 @@ class Connection:
         self.refs: dict[int, weakref.ref] = {}   # objects this client owns: id -> live Ref
         self.refs_lock = threading.Lock()
         self.to_free: deque[int] = deque()        # appended by finalizers: no lock taken there
+        self.used_ahead: deque[int] = deque()     # spares filled by puts, not yet told
         self.req_ids = itertools.count()
+        self.ahead = PutAhead(self._reserve_ahead, self.release,
+                              lambda res, meta: send_commit(res, meta, wait=False))
         self.thread = threading.Thread(target=self._run, name="colocate-connection", daemon=True)
         self.thread.start()
 
@@ -228,6 +234,7 @@ class Connection:
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Say goodbye (after in-flight tasks finish if ``wait``) and stop the thread."""
+        self.ahead.close()
         with self.lock:
             self.closing = True
         self._wake()
@@ -246,26 +253,76 @@ class Connection:
 
     # ----- stored objects ------------------------------------------------------------------------
     def put(self, obj: Any, node: str | None) -> store.Ref:
-        """Store ``obj`` on a worker (see :meth:`Executor.put`)."""
-        from .datalink import machine_id, put
+        """Store ``obj`` on a worker (see :meth:`Executor.put`).
+
+        On the worker's machine the data is copied into a segment reserved for it, and the
+        put-ahead thread (:mod:`colocate._putahead`) sends the commit; with a segment reserved
+        ahead for this size, that copy is all the put waits for.
+        """
+        from .datalink import fill, put
         meta, view = store.encode(obj)
-        req = next(self.req_ids)
-        reply = self.request(PutRequest(req, view.nbytes, node, machine_id()), PutReply,
-                             match=lambda r: r.req == req)
+        nbytes = view.nbytes
+        res = self.ahead.take(node, nbytes)
+        if res is not None:
+            if fill(res, view):
+                self.used_ahead.append(res.id)   # told to rank 0 with the next message
+            else:   # its worker rank is gone: the ordinary way below says so, or works
+                self.release(res.id)
+                res = None
+        if res is None:
+            reply = self._grant(nbytes, node)
+            try:
+                res = self._reserve(reply, nbytes)
+                if res is None or not fill(res, view):   # another machine (or a rank just lost)
+                    oid, fd = put(self.world, reply.where, reply.rank, reply.node, reply.ref_id,
+                                  meta, view)
+                    return self._owned(store.Ref(self.world, oid, reply.node, reply.rank, nbytes,
+                                                 meta, reply.where, fd))
+            except BaseException:
+                self.release(reply.ref_id)
+                raise
+        self.ahead.put_done(node, res, meta)   # commits, and reserves the next one ahead
+        return self._owned(store.Ref(self.world, res.id, res.node, res.rank, nbytes, meta,
+                                     res.where, res.fd))
+
+    def _owned(self, ref: store.Ref) -> store.Ref:
+        self.own(ref)
+        return ref
+
+    def _grant(self, nbytes: int, node: str | None, ahead: bool = False) -> PutReply:
+        """Ask rank 0 for an object id and room for ``nbytes`` (giving spares back if full)."""
+        from .datalink import machine_id
+        while True:
+            req = next(self.req_ids)
+            reply = self.request(PutRequest(req, nbytes, node, machine_id(), ahead), PutReply,
+                                 match=lambda r, req=req: r.req == req)
+            if not (reply.error and reply.full and not ahead and self.ahead.give_back()):
+                break   # granted, or refused with no spare left to give back (a spare itself
+                # never makes room for one: the put-ahead thread would wait for itself)
         if reply.error:
             if reply.full:
                 raise StoreFull(reply.error)
             raise ValueError(f"cannot put: {reply.error}")
+        return reply
+
+    def _reserve(self, reply: PutReply, nbytes: int) -> Reservation | None:
+        """A segment for the granted object, if it can be filled from here (same machine)."""
+        from .datalink import can_reserve, reserve
+        if not can_reserve(self.world, reply.where, nbytes):
+            return None
+        return reserve(self.world, reply.where, reply.rank, reply.node, reply.ref_id, nbytes)
+
+    def _reserve_ahead(self, node: str | None, nbytes: int) -> Reservation | None:
+        """A spare for the next put of ``nbytes`` (run by the put-ahead thread)."""
+        reply = self._grant(nbytes, node, ahead=True)
         try:
-            oid, fd = put(self.world, reply.where, reply.rank, reply.node, reply.ref_id, meta,
-                          view)
+            res = self._reserve(reply, nbytes)
         except BaseException:
             self.release(reply.ref_id)
             raise
-        ref = store.Ref(self.world, oid, reply.node, reply.rank, view.nbytes, meta, reply.where,
-                        fd)
-        self.own(ref)
-        return ref
+        if res is None:
+            self.release(reply.ref_id)
+        return res
 
     def own(self, ref: store.Ref) -> None:
         """Make this connection the owner of ``ref``: its object goes when ``ref`` does."""
@@ -395,8 +452,13 @@ class Connection:
         freed = []
         while self.to_free:
             freed.append(self.to_free.popleft())
-        if freed:
-            control.append(FreeRefs(freed))
+        if freed:   # first: they make room for the puts that may follow
+            control.insert(0, FreeRefs(freed))
+        used = []
+        while self.used_ahead:
+            used.append(self.used_ahead.popleft())
+        if used:
+            control.insert(0, UsedAhead(used))
         with self.send_lock:
             for msg in control:
                 self.stream.send(msg)

@@ -53,10 +53,17 @@ class PutRequested:
     nbytes: int
     node: str | None = None
     near: str = ""               # the client's machine id
+    ahead: bool = False          # a spare for a later put, until AheadUsed
 
 
 @dataclass(frozen=True, slots=True)
 class FreeRequested:
+    client: int
+    ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class AheadUsed:
     client: int
     ids: list[int]
 
@@ -164,6 +171,6 @@ class DropObjects:
 
 Event = (ClientJoined | ClientLeft | Submitted | CancelRequested | WorkerJoined | WorkerDone
          | HeardFrom | WorkerLost | WorkerPaused | Tick | DrainRequested | DrainDeadline
-         | PutRequested | FreeRequested)
+         | PutRequested | FreeRequested | AheadUsed)
 Instruction = (SendWork | Deliver | CutOff | ForgetWorker | Exit | PutGranted | PutRefused
                | DropObjects)

@@ -11,7 +11,8 @@ request    what follows / what the server does                        reply
 ``put``    ``nbytes`` raw bytes, received straight into a segment     ``{ok, id, fd}``
 ``reserve``  nothing: a segment for the sender to fill through          ``{ok, id, fd}``
            ``/proc/PID/fd/N`` (same machine)
-``commit`` nothing: the reserved segment becomes the object           ``{ok}``
+``commit`` nothing: the reserved segment becomes the object           ``{ok}`` (none if
+                                                                      ``reply`` is false)
 ``get``    nothing                                                    ``{ok, meta, nbytes}`` +
                                                                       raw bytes
 =========  =========================================================  =========================
@@ -45,7 +46,7 @@ import pickle
 import socket
 import struct
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from .bell import ring_up
 from .errors import ObjectLost
@@ -209,6 +210,93 @@ def _lost(ref_text: str, rank: int, node: str, why: str) -> ObjectLost:
                       "put it again")
 
 
+class Reservation(NamedTuple):
+    """A segment a worker rank set aside for this process to fill (same machine only)."""
+
+    world: str
+    where: StoreAddress
+    rank: int
+    node: str
+    id: int
+    fd: int
+    nbytes: int
+    mm: mmap.mmap          # the segment, mapped here (writable)
+
+
+def can_reserve(world: str, where: StoreAddress | None, nbytes: int) -> bool:
+    """Whether a put of ``nbytes`` to ``where`` goes through a reserved segment."""
+    return nbytes >= SMALL and _shm_ok(world, where)
+
+
+def reserve(world: str, where: StoreAddress, rank: int, node: str, oid: int | None,
+            nbytes: int, gid: int | None = None) -> Reservation | None:
+    """Ask the worker at ``where`` for a segment of ``nbytes`` to fill through ``/proc``.
+
+    Returns ``None`` when its segments cannot be opened from here (e.g. another pid namespace):
+    the caller streams the data instead.
+
+    Raises:
+        ObjectLost: the worker rank cannot be reached.
+    """
+    try:
+        with (link := _Link(where, _token(world))) as sock:
+            send_msg(sock, {"op": "reserve", "id": oid, "meta": None, "nbytes": nbytes,
+                            "gid": gid})
+            reply = recv_msg(sock)
+            if not reply.get("ok"):
+                raise OSError(reply.get("error", "refused"))
+            oid, fd = reply["id"], reply["fd"]
+            mm = _maps.get(where.pid, fd, oid, nbytes)
+            if mm is None:
+                return None   # the link closes: a reservation the worker numbered goes with it
+            link.clean = True
+            return Reservation(world, where, rank, node, oid, fd, nbytes, mm)
+    except (OSError, EOFError) as e:
+        raise ObjectLost(f"cannot store {nbytes} bytes with worker rank {rank} on {node} "
+                         f"({where.host}:{where.port}): {type(e).__name__}: {e}") from None
+
+
+def fill(res: Reservation, view: memoryview) -> bool:
+    """Copy ``view`` into the reserved segment; False if its worker rank is gone.
+
+    The segment stays the reservation's until it is committed or dropped (only its owner does
+    either), so the mapping made at reservation is used as it is, without checks on the way.
+    """
+    from .store import copy_bytes
+    try:
+        os.kill(res.where.pid, 0)   # same machine: a dead worker rank's segment is nobody's
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    with memoryview(res.mm) as dst:
+        copy_bytes(dst[DATA_OFFSET:DATA_OFFSET + view.nbytes], view)
+    return True
+
+
+def send_commit(res: Reservation, meta: tuple, wait: bool = True) -> bool:
+    """Make the filled segment the object ``res.id``.
+
+    ``wait=False`` sends the commit without waiting for its answer: the segment's header names
+    the object since its reservation, so readers on this machine find it at once, and the
+    worker's data port waits for the commit before it answers a read of it. Returns False if
+    the worker no longer held the reservation.
+
+    Raises:
+        ObjectLost: the worker rank cannot be reached.
+    """
+    try:
+        with (link := _Link(res.where, _token(res.world))) as sock:
+            send_msg(sock, {"op": "commit", "id": res.id, "meta": meta, "reply": wait})
+            if wait and not recv_msg(sock).get("ok"):
+                return False
+            link.clean = True
+    except (OSError, EOFError) as e:
+        raise ObjectLost(f"cannot store {res.nbytes} bytes with worker rank {res.rank} on "
+                         f"{res.node}: {type(e).__name__}: {e}") from None
+    return True
+
+
 def put(world: str, where: StoreAddress, rank: int, node: str, oid: int | None, meta: tuple,
         view: memoryview, gid: int | None = None) -> tuple[int, int]:
     """Store a buffer with the worker at ``where``; returns ``(id, segment fd)`` there.
@@ -220,62 +308,24 @@ def put(world: str, where: StoreAddress, rank: int, node: str, oid: int | None, 
         ObjectLost: the worker rank cannot be reached or refused the object.
     """
     nbytes = view.nbytes
+    if can_reserve(world, where, nbytes):
+        res = reserve(world, where, rank, node, oid, nbytes, gid)
+        if res is not None and fill(res, view) and send_commit(res, meta):
+            return res.id, res.fd
     token = _token(world)
     req = {"id": oid, "meta": meta, "nbytes": nbytes, "gid": gid}
     try:
         with (link := _Link(where, token)) as sock:
-            if nbytes >= SMALL and _shm_ok(world, where):
-                send_msg(sock, {"op": "reserve", **req})
-                reply = recv_msg(sock)
-                if reply.get("ok") and _fill(where.pid, reply["fd"], reply["id"], view):
-                    send_msg(sock, {"op": "commit", "id": reply["id"]})
-                    reply = recv_msg(sock)
-                    link.clean = True
-                    return reply["id"], reply["fd"]
-                # Not ours to open (e.g. another pid namespace): the connection drops the
-                # reservation; stream on a new one.
-                raise _Retry
             send_msg(sock, {"op": "put", **req})
             send_buffer(sock, view)
             reply = recv_msg(sock)
             link.clean = True
-    except _Retry:
-        return _put_stream(where, token, req, view, rank, node)
     except (OSError, EOFError) as e:
         raise ObjectLost(f"cannot store {nbytes} bytes with worker rank {rank} on {node} "
                          f"({where.host}:{where.port}): {type(e).__name__}: {e}") from None
     if not reply.get("ok"):
         raise ObjectLost(f"worker rank {rank} on {node} refused the object: {reply.get('error')}")
     return reply["id"], reply["fd"]
-
-
-class _Retry(Exception):
-    pass
-
-
-def _put_stream(where: StoreAddress, token: str, req: dict, view: memoryview, rank: int,
-                node: str) -> tuple[int, int]:
-    try:
-        with (link := _Link(where, token)) as sock:
-            send_msg(sock, {"op": "put", **req})
-            send_buffer(sock, view)
-            reply = recv_msg(sock)
-            link.clean = True
-    except (OSError, EOFError) as e:
-        raise ObjectLost(f"cannot store {view.nbytes} bytes with worker rank {rank} on {node}: "
-                         f"{type(e).__name__}: {e}") from None
-    return reply["id"], reply["fd"]
-
-
-def _fill(pid: int, fd: int, oid: int, view: memoryview) -> bool:
-    """Copy ``view`` into the reserved segment; False if it cannot be opened from here."""
-    from .store import copy_bytes
-    mm = _maps.get(pid, fd, oid, view.nbytes)
-    if mm is None:
-        return False
-    with memoryview(mm) as dst:
-        copy_bytes(dst[DATA_OFFSET:DATA_OFFSET + view.nbytes], view)
-    return True
 
 
 class _MapCache:

@@ -18,6 +18,7 @@ between the client (or an executor child) and the worker rank's data port direct
     client   PutRequest(req, nbytes, node) ──► rank 0 ──► PutReply(req, ref_id, rank, StoreAddress)
     client   raw buffer ──TCP or shared memory──► worker rank (its StoreServer)
     client   FreeRefs(ids) ──► rank 0 ──► DropObjects(ids) ──► worker rank
+    client   UsedAhead(ids): objects granted ahead (PutRequest.ahead) now hold data ──► rank 0
     worker   Outcome.kept: objects a task kept with ``colocate.keep`` ──► rank 0 (owner: its client)
 """
 
@@ -157,6 +158,7 @@ class PutRequest(NamedTuple):
     nbytes: int
     node: str | None      # None: the scheduler chooses
     near: str = ""        # the client's machine id, preferred when it has room
+    ahead: bool = False   # a spare for a later put (colocate._putahead) until UsedAhead
 
 
 class PutReply(NamedTuple):
@@ -171,6 +173,10 @@ class PutReply(NamedTuple):
 
 class FreeRefs(NamedTuple):
     ids: list[int]
+
+
+class UsedAhead(NamedTuple):
+    ids: list[int]        # spares granted ahead that puts have filled
 
 
 # ----- rank 0 <-> worker ranks, worker <-> executor child -----------------------------------------

@@ -28,9 +28,10 @@ Its events and instructions are defined in :mod:`colocate._events` and re-export
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
+    AheadUsed,
     CancelRequested,
     ClientJoined,
     ClientLeft,
@@ -97,6 +98,7 @@ class _Object:
     rank: int
     node: str
     nbytes: int
+    ahead: bool = False   # granted ahead of a put (budget held, no data yet)
 
 
 @dataclass
@@ -355,11 +357,13 @@ class Scheduler:
         fitting = [n for n in candidates if self._room(n) >= ev.nbytes]
         if not fitting:
             node = max(candidates, key=self._room)
+            ahead = sum(o.nbytes for o in self.objects.values() if o.ahead and o.node == node)
             return refuse(
                 f"cannot store {ev.nbytes} bytes ({human_size(ev.nbytes)}) on node {node}: its "
                 f"memory budget for functions is {self.node_budget[node]} bytes "
                 f"({human_size(self.node_budget[node])}), of which "
-                f"{self.node_stored[node]} are held by stored objects and "
+                f"{self.node_stored[node]} are held by stored objects "
+                f"({ahead} of them set aside for clients' next puts) and "
                 f"{self.node_reserved[node]} reserved by running tasks "
                 f"({max(0, self._room(node))} free); free objects you no longer need, put it "
                 f"on another node, or raise co_location.memory_budget", full=True)
@@ -369,11 +373,17 @@ class Scheduler:
                      key=lambda w: (w.stored, w.rank))
         ref_id = self._next_ref << 16   # worker-made ids end in their rank, never 0
         self._next_ref += 1
-        self._add_object(ref_id, _Object(ev.client, worker.rank, node, ev.nbytes))
+        self._add_object(ref_id, _Object(ev.client, worker.rank, node, ev.nbytes, ev.ahead))
         self._out.append(PutGranted(ev.client, ev.req, ref_id, worker.rank, node))
 
     def _on_FreeRequested(self, ev: FreeRequested) -> None:
         self._free(ev.ids)
+
+    def _on_AheadUsed(self, ev: AheadUsed) -> None:
+        for oid in ev.ids:
+            obj = self.objects.get(oid)
+            if obj is not None and obj.client == ev.client:
+                self.objects[oid] = replace(obj, ahead=False)
 
     def _kept(self, worker: _Worker, task: _Task | None, out: Outcome) -> None:
         """Objects a task stored with ``keep()``: its client owns them if it gets the result."""
@@ -593,16 +603,23 @@ class Scheduler:
                 "stored": w.stored,
             })
         per_node: dict[str, dict] = {
-            n: {"objects": 0, "bytes": self.node_stored.get(n, 0),
+            n: {"objects": 0, "bytes": self.node_stored.get(n, 0), "ahead": 0,
                 "budget": self.node_budget[n], "reserved": self.node_reserved.get(n, 0)}
             for n in self.node_budget}
+        ahead = 0
         for obj in self.objects.values():
-            per_node[obj.node]["objects"] += 1
+            if obj.ahead:   # held for a client's next put: budget, not yet an object
+                per_node[obj.node]["ahead"] += obj.nbytes
+                per_node[obj.node]["bytes"] -= obj.nbytes
+                ahead += obj.nbytes
+            else:
+                per_node[obj.node]["objects"] += 1
         return {
             "workers": workers, "lost": dict(self.lost), "queued": self.queued(),
             "running": sum(1 for w in self.workers.values() if w.assigned),
             "clients": len(self.queues), "retried": self.retried, "draining": self.draining,
             "node_budget": dict(self.node_budget), "node_reserved": dict(self.node_reserved),
-            "store": {"objects": len(self.objects), "bytes": sum(self.node_stored.values()),
+            "store": {"objects": sum(p["objects"] for p in per_node.values()),
+                      "bytes": sum(self.node_stored.values()) - ahead, "ahead": ahead,
                       "lost": self.objects_lost, "nodes": per_node},
         }

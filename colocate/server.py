@@ -46,6 +46,7 @@ from .messages import (
     StopRequest,
     StoreAddress,
     Submit,
+    UsedAhead,
     Welcome,
     WorkerHello,
 )
@@ -223,9 +224,12 @@ class Server:
         elif kind is Cancel:
             self._apply(S.CancelRequested(client.id, msg.ids))
         elif kind is PutRequest:
-            self._apply(S.PutRequested(client.id, msg.req, msg.nbytes, msg.node, msg.near))
+            self._apply(S.PutRequested(client.id, msg.req, msg.nbytes, msg.node, msg.near,
+                                       msg.ahead))
         elif kind is FreeRefs:
             self._apply(S.FreeRequested(client.id, msg.ids))
+        elif kind is UsedAhead:
+            self._apply(S.AheadUsed(client.id, msg.ids))
         elif kind is StatusRequest:
             self._to_client(client, StatusReply(self.status()))
         elif kind is StopRequest:

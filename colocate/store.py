@@ -12,6 +12,9 @@ functions) and only small ``Ref`` handles travel with tasks::
                                                               read-only, calls f(array)
     drop the last Ref / ex.free ── FreeRefs ──► rank 0 ── DropObjects ──► worker closes it
 
+A put of a size the client just put skips both waits: the segment was reserved ahead, the copy
+is all the put does (:mod:`colocate._putahead`).
+
 What lives here (no sockets, no MPI): the :class:`Ref` class and its ownership rules, the codec
 (:func:`encode`/:func:`decode`: numpy arrays as raw bytes with dtype, shape and order; anything
 else pickled), :func:`keep` for functions, the argument resolution done by executor children,

@@ -62,10 +62,14 @@ class StoreServer:
         self.address = StoreAddress(host, self.listener.getsockname()[1], machine_id(),
                                     os.getpid())
         self.objects: dict[int, _Entry] = {}
+        # Segments handed out for a client to fill, by object id, until their commit. Shared by
+        # all connections: a client that reserved ahead commits on whichever link it has.
+        self.reserved: dict[int, tuple[dict, int]] = {}
         self.kept: dict[int, list[tuple[int, int]]] = {}   # gid -> objects its task kept
         self.pool_limit = pool
         self.pool: list[tuple[int, int, float]] = []        # (size, fd, freed at)
         self.lock = threading.Lock()
+        self.registered = threading.Condition(self.lock)   # notified when an object is stored
         self._seq = 0
         self._closed = False
         self._thread = threading.Thread(target=self._accept_loop, name="colocate-store",
@@ -85,17 +89,26 @@ class StoreServer:
         self.listener.close()
         with self.lock:
             entries = list(self.objects.values())
+            entries += [_Entry({}, 0, fd, None) for _, fd in self.reserved.values()]
             self.objects.clear()
+            self.reserved.clear()
             pooled, self.pool = self.pool, []
         for fd in [e.fd for e in entries if e.fd >= 0] + [fd for _, fd, _ in pooled]:
             os.close(fd)
 
     # ----- called by the worker's main thread ---------------------------------------------------
     def drop(self, ids: list[int]) -> int:
-        """Release objects (unknown ids are ignored); returns the bytes released."""
+        """Release objects (unknown ids are ignored); returns the bytes released.
+
+        A dropped id may still be a reservation: a client's spare it gave back unused, or a put
+        whose commit (sent without waiting) is still on its way while the free, through rank 0,
+        overtook it. Either way its segment goes now; a late commit finds nothing and is ignored.
+        """
         freed = 0
         with self.lock:
             entries = [self.objects.pop(i, None) for i in ids]
+            entries += [_Entry({}, 0, fd, None)
+                        for _, fd in filter(None, (self.reserved.pop(i, None) for i in ids))]
         for e in entries:
             if e is not None:
                 freed += e.nbytes
@@ -180,7 +193,10 @@ class StoreServer:
     def _serve(self, sock: socket.socket) -> None:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reserved: dict[int, tuple[dict, int]] = {}   # id -> (request, segment) until commit
+        # Ids this connection's peer had us make (an executor child's keep()): recycled if it
+        # breaks before the commit. Ids rank 0 granted to a client outlive any one connection
+        # (a spare waits in the client for its put); rank 0 frees them if the client goes.
+        reserved: set[int] = set()
         try:
             while True:
                 try:
@@ -192,13 +208,19 @@ class StoreServer:
                 if op == "put":
                     self._put(sock, req)
                 elif op == "reserve":
+                    ours = req.get("id") is None
                     oid = self._new_id(req)
                     fd = self._segment(oid, req["nbytes"])
-                    reserved[oid] = (req, fd)
+                    with self.lock:
+                        old = self.reserved.pop(oid, None)   # a retry supersedes it
+                        self.reserved[oid] = (req, fd)
+                    if old is not None:
+                        self._recycle(old[1])
+                    if ours:
+                        reserved.add(oid)
                     send_msg(sock, {"ok": True, "id": oid, "fd": fd})
                 elif op == "commit":
-                    req, fd = reserved.pop(req["id"])
-                    self._register(sock, req, _Entry(req["meta"], req["nbytes"], fd, None))
+                    self._commit(sock, req["id"], req.get("meta"), req.get("reply", True))
                 elif op == "get":
                     self._get(sock, req)
                 else:
@@ -208,7 +230,9 @@ class StoreServer:
             log.info("store rank %d: a data connection failed: %s", self.rank, e)
         finally:
             sock.close()
-            for _, fd in reserved.values():   # reserved, never committed
+            with self.lock:   # made here, never committed: the child is gone
+                lost = [self.reserved.pop(i) for i in reserved if i in self.reserved]
+            for _, fd in lost:
                 self._recycle(fd)
 
     def _new_id(self, req: dict) -> int:
@@ -220,17 +244,36 @@ class StoreServer:
             req["id"] = (self._seq << 16) | self.rank
         return req["id"]
 
-    def _register(self, sock: socket.socket, req: dict, entry: _Entry) -> None:
+    def _commit(self, sock: socket.socket, oid: int, meta: tuple | None, reply: bool) -> None:
+        """A reserved segment has been filled: it becomes the object."""
+        with self.lock:
+            got = self.reserved.pop(oid, None)
+        if got is None:   # dropped before its commit arrived (see drop), or never reserved
+            log.debug("store rank %d: commit of object %d, which is not reserved", self.rank, oid)
+            if reply:
+                send_msg(sock, {"ok": False, "error": f"object {oid} is not reserved"})
+            return
+        req, fd = got
+        if meta is not None:
+            req["meta"] = meta
+        self._register(sock if reply else None, req, _Entry(req["meta"], req["nbytes"], fd, None))
+
+    def _register(self, sock: socket.socket | None, req: dict, entry: _Entry) -> None:
         oid = req["id"]
         gid = req.get("gid")
         with self.lock:
             old = self.objects.pop(oid, None)
+            unfilled = self.reserved.pop(oid, None)   # a put that streamed after all
             self.objects[oid] = entry
             if gid is not None:
                 self.kept.setdefault(gid, []).append((oid, entry.nbytes))
+            self.registered.notify_all()
         if old is not None and old.fd >= 0:
             self._recycle(old.fd)
-        send_msg(sock, {"ok": True, "id": oid, "fd": entry.fd})
+        if unfilled is not None and unfilled[1] != entry.fd:
+            self._recycle(unfilled[1])
+        if sock is not None:
+            send_msg(sock, {"ok": True, "id": oid, "fd": entry.fd})
 
     def _put(self, sock: socket.socket, req: dict) -> None:
         nbytes = req["nbytes"]
@@ -252,8 +295,16 @@ class StoreServer:
         self._register(sock, req, entry)
 
     def _get(self, sock: socket.socket, req: dict) -> None:
+        oid = req["id"]
+        deadline = time.monotonic() + DATA_TIMEOUT
         with self.lock:
-            entry = self.objects.get(req["id"])
+            # A put's commit may still be on its way on another connection: wait for it.
+            while oid not in self.objects and oid in self.reserved:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.registered.wait(left)
+            entry = self.objects.get(oid)
             fd = os.dup(entry.fd) if entry is not None and entry.fd >= 0 else -1
         if entry is None:
             send_msg(sock, {"ok": False, "error": "not held here (freed, or never stored)"})

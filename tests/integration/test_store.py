@@ -189,12 +189,40 @@ def test_a_task_keeps_its_arguments_alive(server, tmp_path):
         assert fut.result(WAIT)["sum"] == MiB
 
 
+def test_repeated_puts_of_one_size_fill_segments_reserved_ahead(server, monkeypatch):
+    monkeypatch.setattr("colocate._putahead.IDLE", 1.0)
+    with Executor(address=server) as ex:
+        before = stored(ex)
+
+        def ahead():
+            return ex.status()["store"]["ahead"]
+
+        refs = [ex.put(np.full(MiB, 0, np.uint8))]
+        colocate_wait(lambda: ahead() == MiB, "a segment of this size reserved ahead")
+        for i in range(1, 4):
+            refs.append(ex.put(np.full(MiB, i, np.uint8)))   # fills the spare
+            assert stored(ex) == before + (i + 1) * MiB
+            colocate_wait(lambda: ahead() == MiB, "the next one reserved ahead")
+        # Tasks see the data at once (the commit may still be on its way), so do reads over
+        # the data port (they wait for it).
+        sums = [f.result(WAIT)["sum"] for f in [ex.submit(describe, r) for r in refs]]
+        assert sums == [i * MiB for i in range(4)]
+        for i, r in enumerate(refs):
+            assert colocate.datalink._fetch_stream(r, None).tolist() == [i] * MiB
+            assert (r.get() == i).all()
+        colocate_wait(lambda: ahead() == 0, "the unused spare to be given back")
+        ex.free(refs.pop())
+        colocate_wait(lambda: stored(ex) == before + 3 * MiB, "the free to pass")
+
+
 def test_a_disconnecting_client_releases_its_objects(server):
     with Executor(address=server) as watcher:
         before = stored(watcher)
         with Executor(address=server) as ex:
             keep = [ex.put(np.ones(MiB, np.uint8)) for _ in range(3)]
-            assert stored(watcher) == before + 3 * MiB
+            # A put into a segment reserved ahead tells rank 0 with the client's next message:
+            # after a round trip of ``ex``, every client sees the objects.
+            assert stored(ex) == stored(watcher) == before + 3 * MiB
         colocate_wait(lambda: stored(watcher) == before, "the departed client's objects to go")
         del keep
 
