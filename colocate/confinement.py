@@ -52,6 +52,10 @@ class Confinement:
         self.manager = CgroupManager.detect(co["cgroups"], root_name="colocate")
         self.group = None
         if self.manager.available:
+            stale = self.manager.cleanup_stale()
+            if stale:
+                log.info("rank %d: removed %d cgroup(s) left by dead colocate processes on this "
+                         "node", rank, len(stale))
             try:
                 # The cpuset must match the pinning: joining a cpuset resets affinity.
                 self.group = self.manager.create(

@@ -264,6 +264,19 @@ def procs(path: str) -> list[int]:
     return [int(x) for x in (read(os.path.join(path, "cgroup.procs")) or "").split()]
 
 
+def thaw_dir(path: str) -> bool:
+    """Thaw a frozen group directory (v1 ``freezer.state`` or v2 ``cgroup.freeze``).
+
+    Returns whether it was frozen (and a thaw was asked for).
+    """
+    state = (read(os.path.join(path, "freezer.state")) or "").strip()
+    if state in ("FROZEN", "FREEZING"):
+        return try_write(os.path.join(path, "freezer.state"), "THAWED")
+    if (read(os.path.join(path, "cgroup.freeze")) or "").strip() == "1":
+        return try_write(os.path.join(path, "cgroup.freeze"), "0")
+    return False
+
+
 def subdirs(path: str) -> list[str]:
     try:
         return [os.path.join(path, e.name) for e in os.scandir(path) if e.is_dir()]

@@ -189,13 +189,15 @@ class CgroupManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def cleanup_stale(self) -> list[str]:
+    def cleanup_stale(self, timeout: float = 2.0) -> list[str]:
         """Remove the groups of colocate processes on this host that died without cleaning up.
 
         Looks at ``<base>/<root_name>-<hostname>-<pid>`` for this host's name and pids that no
-        longer exist; removes their groups that hold no process, then the parent. Groups that
-        still hold processes are left (their processes may still be computing) and logged by
-        the caller from the returned list's absence.
+        longer exist. A process still inside is the executor child of a rank that was killed
+        while the guard held its group frozen: it got its parent-death signal, which a v1 freezer
+        holds until the group thaws. Such groups are thawed (the orphan dies; up to ``timeout``
+        seconds are waited for it), then every group without a process is removed, then the
+        parent. Groups whose processes stay are left (and absent from the returned list).
 
         Returns:
             The directories removed.
@@ -205,6 +207,7 @@ class CgroupManager:
             return removed
         host = socket.gethostname()
         prefix = f"{self.root_name}-"
+        stale: list[str] = []
         for base in fs.unique(self._bases.values()):
             try:
                 entries = [e for e in os.listdir(base) if e.startswith(prefix)]
@@ -212,14 +215,19 @@ class CgroupManager:
                 continue
             for entry in entries:
                 owner, _, pid = entry[len(prefix):].rpartition("-")
-                if owner != host or not pid.isdigit() or fs.pid_alive(int(pid)):
-                    continue
-                parent = os.path.join(base, entry)
-                for child in fs.subdirs(parent):
-                    if not fs.procs(child) and fs.rmdir_quiet(child):
-                        removed.append(child)
-                if fs.rmdir_quiet(parent):
-                    removed.append(parent)
+                if owner == host and pid.isdigit() and not fs.pid_alive(int(pid)):
+                    stale.append(os.path.join(base, entry))
+        held = [g for parent in stale for g in fs.subdirs(parent) if fs.procs(g)]
+        if [g for g in held if fs.thaw_dir(g)]:
+            deadline = time.monotonic() + timeout
+            while any(fs.procs(g) for g in held) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        for parent in stale:
+            for child in fs.subdirs(parent):
+                if not fs.procs(child) and fs.rmdir_quiet(child):
+                    removed.append(child)
+            if fs.rmdir_quiet(parent):
+                removed.append(parent)
         return removed
 
     def describe(self) -> dict:

@@ -212,6 +212,46 @@ def test_cleanup_stale_removes_groups_of_dead_colocate_processes():
             _cgroupfs.rmdir_quiet(d)
 
 
+ORPHAN_PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import ctypes, time; "
+                          "ctypes.CDLL(None).prctl(1, 9); print(flush=True); time.sleep(120)"],
+                         stdout=subprocess.PIPE)
+child.stdout.readline()   # its parent-death signal (SIGKILL) is set
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@needs_cgroups
+@needs("freezer")
+def test_cleanup_stale_thaws_the_frozen_child_of_a_killed_rank(manager, procs):
+    # A worker rank killed while the guard held its executor frozen: the child's parent-death
+    # SIGKILL waits in the frozen group until someone thaws it.
+    rank = spawn(procs, ORPHAN_PARENT)
+    child = int(rank.stdout.readline())
+    base = manager._bases["freezer"]
+    stale = os.path.join(base, f"colocate-{socket.gethostname()}-{rank.pid}")
+    group = os.path.join(stale, "rank1")
+    os.makedirs(group)
+    try:
+        _cgroupfs.write(os.path.join(group, "cgroup.procs"), str(child))
+        name, value = (("freezer.state", "FROZEN") if manager.version == 1
+                       else ("cgroup.freeze", "1"))
+        _cgroupfs.write(os.path.join(group, name), value)
+        rank.kill()
+        rank.wait(5)
+        time.sleep(0.3)
+        assert psutil.pid_exists(child) and _cgroupfs.procs(group) == [child]   # stuck
+        removed = manager.cleanup_stale()
+        assert group in removed and stale in removed
+        wait_for(lambda: not psutil.pid_exists(child), 5, "the thawed orphan to die")
+    finally:
+        _cgroupfs.thaw_dir(group)
+        for d in (group, stale):
+            _cgroupfs.rmdir_quiet(d)
+
+
 def test_off_mode_and_bad_mode():
     m = CgroupManager.detect("off")
     assert not m.available and "off" in m.reason
