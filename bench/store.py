@@ -13,11 +13,12 @@ What it measures, in one run on one machine:
   that receives new arrays does). One-way bandwidth, the final acknowledgement amortized over the
   repetitions.
 * **store**: a world of one worker rank (``mpiexec -n 2 colocate serve``) and this process as
-  its client. ``put`` (the timed call includes asking rank 0 for room; each object is freed
-  before the next put, so segments are reused as in a steady state), ``get`` (a new array) and
-  ``get(out=)`` (into an existing array), through shared memory (client and worker on one
-  machine, ``store.transport: auto``) and through TCP (``store.transport: tcp``, the path
-  between nodes, here over loopback).
+  its client. ``put`` (each object is freed before the next put, so segments are reused as in a
+  steady state; after the first, a put fills the segment reserved ahead for its size, see
+  ``colocate/_putahead.py``), then, in a loop of their own over one stored object, ``get`` (a
+  new array) and ``get(out=)`` (into an existing array), through shared memory (client and
+  worker on one machine, ``store.transport: auto``) and through TCP (``store.transport: tcp``,
+  the path between nodes, here over loopback).
 * **by reference vs by value**: one large array feeds N tasks that each sum it; by value every
   task carries the pickled array (client -> rank 0 -> worker -> executor); by reference the
   array is put once and each task carries a ``Ref`` that the executor maps without a copy.
@@ -125,9 +126,17 @@ def measure_store(ex, sizes: list[int], quick: bool, transport: str) -> list[dic
         puts, gets, gets_out = [], [], []
         ex.free(ex.put(src))   # warm: connection, a pooled segment of this size
         ex.status()
-        for _ in range(reps):
+        for _ in range(reps):   # puts, each object freed before the next (a time-step loop)
             t0 = time.perf_counter()
             ref = ex.put(src)
+            puts.append(time.perf_counter() - t0)
+            ex.free(ref)
+            ex.status()   # a round trip through rank 0: the free has been passed on
+        # Gets of one object, in a loop of their own: nothing else (such as the segment a put
+        # reserves ahead for the next one) shares the two cores with them.
+        ref = ex.put(src)
+        ex.status()
+        for _ in range(reps):
             t1 = time.perf_counter()
             got = ref.get()
             t2 = time.perf_counter()
@@ -135,11 +144,10 @@ def measure_store(ex, sizes: list[int], quick: bool, transport: str) -> list[dic
             t3 = time.perf_counter()
             assert got.nbytes == size and out[-1] == 1
             del got
-            ex.free(ref)
-            ex.status()   # a round trip through rank 0: the free has been passed on
-            puts.append(t1 - t0)
             gets.append(t2 - t1)
             gets_out.append(t3 - t2)
+        ex.free(ref)
+        ex.status()
         rows.append({"size": size, "reps": reps, "put": bandwidth(size, puts),
                      "get": bandwidth(size, gets), "get_out": bandwidth(size, gets_out),
                      "put_ms": statistics.median(puts) * 1e3,

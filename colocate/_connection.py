@@ -289,12 +289,14 @@ class Connection:
         self.own(ref)
         return ref
 
-    def _grant(self, nbytes: int, node: str | None, ahead: bool = False) -> PutReply:
+    def _grant(self, nbytes: int, node: str | None, ahead: bool = False,
+               count: int = 1) -> PutReply:
         """Ask rank 0 for an object id and room for ``nbytes`` (giving spares back if full)."""
         from .datalink import machine_id
         while True:
             req = next(self.req_ids)
-            reply = self.request(PutRequest(req, nbytes, node, machine_id(), ahead), PutReply,
+            reply = self.request(PutRequest(req, nbytes, node, machine_id(), ahead, count),
+                                 PutReply,
                                  match=lambda r, req=req: r.req == req)
             if not (reply.error and reply.full and not ahead and self.ahead.give_back()):
                 break   # granted, or refused with no spare left to give back (a spare itself
@@ -312,17 +314,21 @@ class Connection:
             return None
         return reserve(self.world, reply.where, reply.rank, reply.node, reply.ref_id, nbytes)
 
-    def _reserve_ahead(self, node: str | None, nbytes: int) -> Reservation | None:
-        """A spare for the next put of ``nbytes`` (run by the put-ahead thread)."""
-        reply = self._grant(nbytes, node, ahead=True)
+    def _reserve_ahead(self, node: str | None, nbytes: int, count: int) -> list[Reservation]:
+        """Up to ``count`` spares for the next puts of ``nbytes`` (the put-ahead thread's)."""
+        from .datalink import can_reserve, reserve_many
+        reply = self._grant(nbytes, node, ahead=True, count=count)
+        ids = [reply.ref_id, *reply.more]
+        spares: list[Reservation] = []
         try:
-            res = self._reserve(reply, nbytes)
-        except BaseException:
-            self.release(reply.ref_id)
-            raise
-        if res is None:
-            self.release(reply.ref_id)
-        return res
+            if can_reserve(self.world, reply.where, nbytes):
+                spares = reserve_many(self.world, reply.where, reply.rank, reply.node, ids,
+                                      nbytes)
+        finally:
+            if not spares:
+                for oid in ids:
+                    self.release(oid)
+        return spares
 
     def own(self, ref: store.Ref) -> None:
         """Make this connection the owner of ``ref``: its object goes when ``ref`` does."""

@@ -54,6 +54,7 @@ class PutRequested:
     node: str | None = None
     near: str = ""               # the client's machine id
     ahead: bool = False          # a spare for a later put, until AheadUsed
+    count: int = 1               # spares wanted at once (ahead only; as many as fit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,7 @@ class PutGranted:
     ref_id: int
     rank: int
     node: str
+    more: tuple[int, ...] = ()   # further ids of the same size, same place (count > 1)
 
 
 @dataclass(frozen=True, slots=True)

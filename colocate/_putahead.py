@@ -1,18 +1,23 @@
-"""Put-ahead: a client reserves the segment for its next put of the same size in the background.
+"""Put-ahead: a client reserves segments for its next puts of the same size in the background.
 
 A put on the worker's machine costs three waits on other processes (rank 0's budget check, the
 worker's reservation of a segment, and the commit), about 0.6 ms on a loaded 2-core node, more
 than copying 4 MiB. Programs put arrays of the same shape again and again (one per time step,
 one per input file), so after a put of ``n`` bytes the client asks, in a thread of its own, for
-one more: a granted id (budget charged on rank 0) with a segment reserved on the worker, mapped
-here. The next put of exactly ``n`` bytes then only copies its data into that segment; the same
-thread sends the commit (the segment's header names the object from its reservation, so tasks
-and readers on the machine find it at once, and the worker's data port waits for the commit).
+spares: granted ids (budget charged on rank 0, in one request) with segments reserved on the
+worker (one request), mapped here. The next put of exactly ``n`` bytes then only copies its data
+into a spare; the same thread sends the commit (the segment's header names the object from its
+reservation, so tasks and readers on the machine find it at once, and the worker's data port
+waits for the commit).
 
-A spare holds budget while it waits, so it is given back (freed like an object) after
-:data:`IDLE` seconds unused, at shutdown, and before a put that found its node full asks again.
-At most :data:`MAX_SPARES` sizes are kept ahead. A spare whose worker rank died is found out when
-its segment cannot be opened, and the put takes the ordinary path.
+How many spares a size keeps starts at one and doubles each time a put finds none ready (puts
+that follow each other faster than a refill), up to :data:`DEPTH` and :data:`HELD` bytes.
+
+Spares hold budget while they wait, so they are given back (freed like objects) after
+:data:`IDLE` seconds without a put of their size, at shutdown, and before a put that found its
+node full asks again. At most :data:`SIZES` sizes are kept ahead, none above :data:`LARGEST`
+bytes (there a second segment costs more than the waits it saves). A spare whose worker rank
+died is found out when its segment cannot be opened, and the put takes the ordinary path.
 """
 
 from __future__ import annotations
@@ -26,59 +31,78 @@ from .datalink import Reservation
 
 log = logging.getLogger("colocate.client")
 
-IDLE = 2.0        # seconds an unused spare may hold budget before it is given back
-MAX_SPARES = 4    # sizes (node, bytes) kept ahead at once
+IDLE = 2.0             # seconds without a put of its size before a size's spares go back
+SIZES = 4              # sizes (node, bytes) kept ahead at once
+DEPTH = 8              # spares one size may keep
+HELD = 64 << 20        # bytes the spares of one size may hold (one spare at least)
+LARGEST = 64 << 20     # bytes: above this the copy outweighs the waits a spare saves
+TAKE_WAIT = 1.0        # seconds a put waits for a spare of its size already on its way
 
 Key = tuple[str | None, int]   # (node asked for, or None; bytes)
 
 
 class PutAhead:
-    """Spare reservations, one per recent put size, refilled by a thread of their own.
+    """Spare reservations for recent put sizes, refilled by a thread of their own.
 
     Args:
-        reserve: ``(node, nbytes) -> Reservation | None``; blocks; raises when refused.
+        reserve: ``(node, nbytes, count) -> [Reservation]`` (up to ``count``; may be empty);
+            blocks; raises when refused.
         release: gives a spare's id back (as a freed object; never blocks).
         commit: ``(reservation, meta)``: tells its worker the segment is filled; blocks.
     """
 
-    def __init__(self, reserve: Callable[[str | None, int], Reservation | None],
+    def __init__(self, reserve: Callable[[str | None, int, int], list[Reservation]],
                  release: Callable[[int], None],
                  commit: Callable[[Reservation, tuple], None]) -> None:
         self._reserve = reserve
         self._release = release
         self._commit = commit
         self.commits: list[tuple[Reservation, tuple]] = []   # filled, commit not sent yet
-        self.spares: dict[Key, tuple[Reservation, float]] = {}
-        self.wanted: dict[Key, float] = {}   # sizes to keep ahead, by the time last asked for
+        self.spares: dict[Key, list[Reservation]] = {}
+        self.wanted: dict[Key, float] = {}   # sizes kept ahead, by the time of their last put
+        self.depth: dict[Key, int] = {}      # spares each size keeps
         self.cond = threading.Condition()
-        self.busy = False    # the thread is reserving one now
+        self.busy: Key | None = None         # the size the thread is reserving now
         self.closed = False
         self.thread: threading.Thread | None = None
 
     def take(self, node: str | None, nbytes: int) -> Reservation | None:
-        """The spare for this size, if one is ready (it is the caller's then)."""
+        """A spare of this size (it is the caller's then), or ``None``.
+
+        Spares of this size still on their way are waited for (up to :data:`TAKE_WAIT`): they
+        are nearer than the waits of a put of its own, which would also double the work. Having
+        to wait means puts come faster than refills: the size keeps more spares from then on.
+        """
+        key = (node, nbytes)
         with self.cond:
-            got = self.spares.pop((node, nbytes), None)
-        return None if got is None else got[0]
+            if key in self.wanted and not self.spares.get(key):
+                self.depth[key] = min(2 * self.depth.get(key, 1), DEPTH,
+                                      max(1, HELD // max(1, nbytes)))
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: self.spares.get(key) or key not in self.wanted
+                                   or self.closed, TAKE_WAIT)
+            spares = self.spares.get(key)
+            return spares.pop() if spares else None   # the newest: likeliest still in cache
 
     def put_done(self, node: str | None, res: Reservation, meta: tuple) -> None:
-        """``res`` is filled: send its commit, and keep a spare of its size ahead."""
+        """``res`` is filled: send its commit, and keep spares of its size ahead."""
         with self.cond:
             closed = self.closed
             if not closed:
                 self.commits.append((res, meta))
+                key = (node, res.nbytes)
+                if res.nbytes <= LARGEST:
+                    self.wanted[key] = time.monotonic()
+                    self.depth.setdefault(key, 1)
+                    while len(self.wanted) > SIZES:
+                        self._forget(min(self.wanted, key=self.wanted.__getitem__))
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, name="colocate-put-ahead",
+                                                   daemon=True)
+                    self.thread.start()
+                self.cond.notify_all()
         if closed:   # the thread is gone or going: commit here
             self._commit(res, meta)
-            return
-        with self.cond:
-            self.wanted[(node, res.nbytes)] = time.monotonic()
-            while len(self.wanted) > MAX_SPARES:
-                self._forget(min(self.wanted, key=self.wanted.__getitem__))
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="colocate-put-ahead",
-                                               daemon=True)
-                self.thread.start()
-            self.cond.notify()
 
     def give_back(self, timeout: float = 10.0) -> int:
         """Release every spare (a node is full); returns how many there were.
@@ -87,11 +111,13 @@ class PutAhead:
         """
         with self.cond:
             self.wanted.clear()
-            pending = self.busy   # once done, the thread releases it itself (no longer wanted)
+            self.cond.notify_all()
+            pending = self.busy is not None   # once done, the thread releases it itself
             if threading.current_thread() is not self.thread:
-                self.cond.wait_for(lambda: not self.busy, timeout)
-            spares, self.spares = list(self.spares.values()), {}
-        for res, _ in spares:
+                self.cond.wait_for(lambda: self.busy is None, timeout)
+            spares = [r for rs in self.spares.values() for r in rs]
+            self.spares = {}
+        for res in spares:
             self._release(res.id)
         return len(spares) + pending
 
@@ -99,7 +125,7 @@ class PutAhead:
         """Send the commits still queued, stop the thread and release the spares."""
         with self.cond:
             self.closed = True
-            self.cond.notify()
+            self.cond.notify_all()
             thread = self.thread
         if thread is not None:
             thread.join(timeout)
@@ -108,9 +134,18 @@ class PutAhead:
     def _forget(self, key: Key) -> None:
         """Stop keeping ``key`` ahead (lock held)."""
         self.wanted.pop(key, None)
-        got = self.spares.pop(key, None)
-        if got is not None:
-            self._release(got[0].id)
+        self.depth.pop(key, None)
+        self.cond.notify_all()
+        for res in self.spares.pop(key, []):
+            self._release(res.id)
+
+    def _next(self) -> tuple[Key, int] | None:
+        """A size short of spares and how many it lacks (lock held)."""
+        for key in self.wanted:
+            lack = self.depth.get(key, 1) - len(self.spares.get(key, ()))
+            if lack > 0:
+                return key, lack
+        return None
 
     def _run(self) -> None:
         while True:
@@ -127,25 +162,26 @@ class PutAhead:
                 now = time.monotonic()
                 for key in [k for k, t in self.wanted.items() if now - t > IDLE]:
                     self._forget(key)
-                todo = next((k for k in self.wanted if k not in self.spares), None)
                 if self.closed:
                     return
+                todo = self._next()
                 if todo is None:
                     wait = min((t + IDLE - now for t in self.wanted.values()), default=None)
                     self.cond.wait(wait)
                     continue
-                self.busy = True
+                (key, lack), self.busy = todo, todo[0]
             try:
-                res = self._reserve(*todo)
+                got = self._reserve(key[0], key[1], lack)
             except Exception as e:   # noqa: BLE001 - a full node or a lost rank: no spare
-                log.debug("no spare of %d bytes for node %s: %s", todo[1], todo[0], e)
-                res = None
+                log.debug("no spare of %d bytes for node %s: %s", key[1], key[0], e)
+                got = []
             with self.cond:
-                self.busy = False
+                self.busy = None
+                if got and key in self.wanted and not self.closed:
+                    self.spares.setdefault(key, []).extend(got)
+                    got = []
+                elif not got:
+                    self.wanted.pop(key, None)   # refused: asked again at the next put
                 self.cond.notify_all()
-                if res is not None and todo in self.wanted and not self.closed:
-                    self.spares[todo] = (res, time.monotonic())
-                    continue
-                self.wanted.pop(todo, None)   # refused or no longer wanted
-            if res is not None:
+            for res in got:   # no longer wanted
                 self._release(res.id)

@@ -256,6 +256,35 @@ def reserve(world: str, where: StoreAddress, rank: int, node: str, oid: int | No
                          f"({where.host}:{where.port}): {type(e).__name__}: {e}") from None
 
 
+def reserve_many(world: str, where: StoreAddress, rank: int, node: str, ids: list[int],
+                 nbytes: int) -> list[Reservation]:
+    """Segments of ``nbytes`` for the granted ``ids``, in one request (spares for later puts).
+
+    Returns ``[]`` when they cannot be opened from here; the caller frees the ids then.
+
+    Raises:
+        ObjectLost: the worker rank cannot be reached.
+    """
+    try:
+        with (link := _Link(where, _token(world))) as sock:
+            send_msg(sock, {"op": "reserve", "ids": list(ids), "meta": None, "nbytes": nbytes,
+                            "gid": None})
+            reply = recv_msg(sock)
+            if not reply.get("ok"):
+                raise OSError(reply.get("error", "refused"))
+            link.clean = True
+    except (OSError, EOFError) as e:
+        raise ObjectLost(f"cannot store {nbytes} bytes with worker rank {rank} on {node} "
+                         f"({where.host}:{where.port}): {type(e).__name__}: {e}") from None
+    out = []
+    for oid, fd in reply["segments"]:
+        mm = _maps.get(where.pid, fd, oid, nbytes)
+        if mm is None:
+            return []
+        out.append(Reservation(world, where, rank, node, oid, fd, nbytes, mm))
+    return out
+
+
 def fill(res: Reservation, view: memoryview) -> bool:
     """Copy ``view`` into the reserved segment; False if its worker rank is gone.
 

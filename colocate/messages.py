@@ -159,6 +159,7 @@ class PutRequest(NamedTuple):
     node: str | None      # None: the scheduler chooses
     near: str = ""        # the client's machine id, preferred when it has room
     ahead: bool = False   # a spare for a later put (colocate._putahead) until UsedAhead
+    count: int = 1        # spares wanted at once (ahead only): as many as fit are granted
 
 
 class PutReply(NamedTuple):
@@ -169,6 +170,7 @@ class PutReply(NamedTuple):
     where: StoreAddress | None
     error: str = ""       # set when refused
     full: bool = False    # refused for lack of budget (StoreFull) rather than a bad request
+    more: tuple[int, ...] = ()   # further ids granted at once (PutRequest.count), same place
 
 
 class FreeRefs(NamedTuple):

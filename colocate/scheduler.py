@@ -371,10 +371,16 @@ class Scheduler:
         node = max(fitting, key=lambda n: (n in near, self._room(n)))
         worker = min((w for w in self.workers.values() if w.node == node),
                      key=lambda w: (w.stored, w.rank))
-        ref_id = self._next_ref << 16   # worker-made ids end in their rank, never 0
-        self._next_ref += 1
-        self._add_object(ref_id, _Object(ev.client, worker.rank, node, ev.nbytes, ev.ahead))
-        self._out.append(PutGranted(ev.client, ev.req, ref_id, worker.rank, node))
+        count = 1
+        if ev.ahead and ev.count > 1 and ev.nbytes > 0:   # spares: as many as fit
+            count = max(1, min(ev.count, self._room(node) // ev.nbytes))
+        ids = []
+        for _ in range(count):
+            ids.append(self._next_ref << 16)   # worker-made ids end in their rank, never 0
+            self._next_ref += 1
+            self._add_object(ids[-1], _Object(ev.client, worker.rank, node, ev.nbytes, ev.ahead))
+        self._out.append(PutGranted(ev.client, ev.req, ids[0], worker.rank, node,
+                                    tuple(ids[1:])))
 
     def _on_FreeRequested(self, ev: FreeRequested) -> None:
         self._free(ev.ids)

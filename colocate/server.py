@@ -225,7 +225,7 @@ class Server:
             self._apply(S.CancelRequested(client.id, msg.ids))
         elif kind is PutRequest:
             self._apply(S.PutRequested(client.id, msg.req, msg.nbytes, msg.node, msg.near,
-                                       msg.ahead))
+                                       msg.ahead, msg.count))
         elif kind is FreeRefs:
             self._apply(S.FreeRequested(client.id, msg.ids))
         elif kind is UsedAhead:
@@ -265,7 +265,7 @@ class Server:
                 client = self.clients.get(ins.client)
                 if client is not None:
                     self._to_client(client, PutReply(ins.req, ins.ref_id, ins.rank, ins.node,
-                                                     self.stores.get(ins.rank)))
+                                                     self.stores.get(ins.rank), more=ins.more))
             elif kind is S.PutRefused:
                 client = self.clients.get(ins.client)
                 if client is not None:

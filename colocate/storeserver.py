@@ -144,9 +144,9 @@ class StoreServer:
         need = DATA_OFFSET + nbytes
         fd = -1
         with self.lock:
-            best = None
-            for i, (size, _, _) in enumerate(self.pool):
-                if need <= size <= 2 * need and (best is None or size < self.pool[best][0]):
+            best = None   # the smallest that fits, the most recently freed among equals
+            for i, (size, _, _) in enumerate(self.pool):   # (its pages are likeliest in cache)
+                if need <= size <= 2 * need and (best is None or size <= self.pool[best][0]):
                     best = i
             if best is not None:
                 fd = self.pool.pop(best)[1]
@@ -207,6 +207,14 @@ class StoreServer:
                 op = req.get("op")
                 if op == "put":
                     self._put(sock, req)
+                elif op == "reserve" and req.get("ids"):   # rank-0 ids, for spares
+                    segments = []
+                    for oid in req["ids"]:
+                        fd = self._segment(oid, req["nbytes"])
+                        with self.lock:
+                            self.reserved[oid] = ({**req, "id": oid}, fd)
+                        segments.append((oid, fd))
+                    send_msg(sock, {"ok": True, "segments": segments})
                 elif op == "reserve":
                     ours = req.get("id") is None
                     oid = self._new_id(req)

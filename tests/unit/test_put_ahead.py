@@ -153,13 +153,19 @@ class Worker:
         self.released: list[int] = []
         self.committed: list[int] = []
         self.refuse = False
+        self.asked: list[int] = []   # count of each reservation request
 
-    def reserve(self, node, nbytes):
+    def reserve(self, node, nbytes, count=1):
         time.sleep(self.delay)
         if self.refuse:
             raise RuntimeError("full")
-        self.next += 1
-        return datalink.Reservation(WORLD, None, 1, node or "n1", self.next, 3, nbytes, None)
+        self.asked.append(count)
+        out = []
+        for _ in range(count):
+            self.next += 1
+            out.append(datalink.Reservation(WORLD, None, 1, node or "n1", self.next, 3, nbytes,
+                                            None))
+        return out
 
     def ahead(self) -> PutAhead:
         return PutAhead(self.reserve, self.released.append,
@@ -167,7 +173,7 @@ class Worker:
 
 
 def filled(worker: Worker, nbytes: int) -> datalink.Reservation:
-    return worker.reserve(None, nbytes)
+    return worker.reserve(None, nbytes)[0]
 
 
 def test_a_put_commits_and_keeps_one_spare_of_its_size_ahead():
@@ -175,13 +181,25 @@ def test_a_put_commits_and_keeps_one_spare_of_its_size_ahead():
     ahead = w.ahead()
     first = filled(w, 100)
     ahead.put_done(None, first, ("pickle",))
-    until(lambda: (None, 100) in ahead.spares, "a spare")
-    assert w.committed == [first.id]
+    until(lambda: ahead.spares.get((None, 100)), "a spare")
+    assert w.committed == [first.id] and w.asked == [1, 1]
     assert ahead.take(None, 200) is None and ahead.take("n2", 100) is None
     spare = ahead.take(None, 100)
-    assert spare is not None and ahead.take(None, 100) is None
+    assert spare is not None and spare.id == 2
     ahead.close()
     assert w.released == []   # the spare was taken: nothing else was held
+
+
+def test_puts_faster_than_refills_keep_more_spares_ahead(monkeypatch):
+    monkeypatch.setattr("colocate._putahead.HELD", 400)
+    w = Worker(delay=0.05)
+    ahead = w.ahead()
+    ahead.put_done(None, filled(w, 100), ("pickle",))
+    until(lambda: ahead.spares.get((None, 100)), "a spare")
+    taken = [ahead.take(None, 100) for _ in range(6)]   # back to back: each waits, depth grows
+    assert all(r is not None for r in taken)
+    assert max(w.asked) == 4 and ahead.depth[(None, 100)] == 4   # HELD // 100: no more
+    ahead.close()
 
 
 def test_spares_unused_for_a_while_are_given_back(monkeypatch):
@@ -199,7 +217,7 @@ def test_give_back_waits_for_a_reservation_in_progress():
     ahead = w.ahead()
     ahead.put_done(None, datalink.Reservation(WORLD, None, 1, "n1", 99, 3, 100, None),
                    ("pickle",))
-    until(lambda: ahead.busy, "the reservation to start")
+    until(lambda: ahead.busy is not None, "the reservation to start")
     assert ahead.give_back() == 1   # the one in progress, released by the thread when done
     assert w.released == [1] and not ahead.spares
     ahead.close()
@@ -221,9 +239,33 @@ def test_close_sends_queued_commits_and_releases_spares():
     ahead = w.ahead()
     ahead.put_done(None, filled(w, 100), ("pickle",))
     until(lambda: ahead.spares, "a spare")
+    until(lambda: ahead.busy is None, "the thread to rest")
     spare_id = ahead.spares[(None, 100)][0].id
     ahead.close()
     assert w.released == [spare_id]
     late = filled(w, 100)
     ahead.put_done(None, late, ("pickle",))   # after close: committed at once, nothing ahead
     assert w.committed[-1] == late.id and not ahead.wanted
+
+
+def test_a_put_waits_for_the_spare_of_its_size_on_its_way():
+    w = Worker(delay=0.3)
+    ahead = w.ahead()
+    ahead.put_done(None, datalink.Reservation(WORLD, None, 1, "n1", 99, 3, 100, None),
+                   ("pickle",))
+    t0 = time.monotonic()
+    spare = ahead.take(None, 100)   # the reservation is under way: wait, don't double it
+    assert spare is not None and time.monotonic() - t0 < 5
+    assert ahead.take(None, 200) is None   # nothing of that size coming: no wait
+    ahead.close()
+
+
+def test_nothing_is_kept_ahead_of_very_large_puts(monkeypatch):
+    monkeypatch.setattr("colocate._putahead.LARGEST", 1000)
+    w = Worker()
+    ahead = w.ahead()
+    ahead.put_done(None, datalink.Reservation(WORLD, None, 1, "n1", 99, 3, 5000, None),
+                   ("pickle",))
+    until(lambda: w.committed == [99], "the commit")
+    assert not ahead.wanted and not ahead.spares and w.next == 0
+    ahead.close()
