@@ -184,15 +184,38 @@ def gbs(x: float) -> str:
     return f"{x / 1e9:.2f}"
 
 
+def ratios_of(r: dict, s: dict) -> dict:
+    """Store against raw MPI, like with like (see the module's docstring)."""
+    return {"put": s["put"] / r["raw"], "get": s["get"] / r["raw_fresh"],
+            "get_out": s["get_out"] / r["raw"]}
+
+
+def medians(rounds: list[tuple[list, list, list]]) -> tuple[list, list, list]:
+    """Per size and figure, the median over rounds; a ratio is the median of each round's own
+    ratio (raw MPI and the store measured side by side in that round)."""
+    def med(rows: list[dict]) -> dict:
+        out = {"size": rows[0]["size"], "rounds": len(rows)}
+        for k, v in rows[0].items():
+            if isinstance(v, float) and k != "size":
+                out[k] = statistics.median(r[k] for r in rows)
+        return out
+    raw, shm, tcp = [], [], []
+    for i in range(len(rounds[0][0])):
+        raw.append(med([rd[0][i] for rd in rounds]))
+        shm.append(med([rd[1][i] for rd in rounds]))
+        tcp.append(med([rd[2][i] for rd in rounds]))
+        per_round = [ratios_of(rd[0][i], rd[1][i]) for rd in rounds]
+        shm[-1]["ratios"] = {k: statistics.median(p[k] for p in per_round) for k in per_round[0]}
+    return raw, shm, tcp
+
+
 def table(raw: list[dict], shm: list[dict], tcp: list[dict]) -> tuple[str, dict]:
     lines = ["| size | raw MPI | raw MPI fresh | put shm | get shm | get(out=) shm | put tcp "
              "| get tcp | put/raw | get/raw fresh | get(out=)/raw |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     worst = {"put": None, "get": None, "get_out": None}
     for r, s, t in zip(raw, shm, tcp, strict=True):
-        ratios = {"put": s["put"] / r["raw"], "get": s["get"] / r["raw_fresh"],
-                  "get_out": s["get_out"] / r["raw"]}
-        s["ratios"] = ratios
+        ratios = s.setdefault("ratios", ratios_of(r, s))
         if r["size"] >= MiB:
             for k, v in ratios.items():
                 worst[k] = v if worst[k] is None else min(worst[k], v)
@@ -207,6 +230,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (<60 s)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="repeat every measurement N times and report medians (default 3; 1 "
+                         "with --quick): this VM's bandwidth drifts by 30 %% between minutes")
     ap.add_argument("--raw-mpi", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sizes", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -218,7 +244,8 @@ def main() -> int:
     tag = f"bench-store-{uuid.uuid4().hex[:10]}"
     started = time.time()
     import colocate
-    raw, shm, tcp = [], [], []
+    rounds_n = args.rounds or (1 if args.quick else 3)
+    rounds: list[tuple[list, list, list]] = []
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         world = World(2, Path(tmp))
         try:
@@ -226,12 +253,15 @@ def main() -> int:
             with colocate.Executor(address=world.address) as ex:
                 # Size by size, raw MPI and the store close together in time: the load of a
                 # shared machine drifts, and ratios should compare like with like.
-                for size in sizes:
-                    print(f"{human(size)}: raw mpi4py Send/Recv, store through shared memory, "
-                          "store through TCP ...", flush=True)
-                    raw += run_raw([size], args.quick, tag)
-                    shm += measure_store(ex, [size], args.quick, "auto")
-                    tcp += measure_store(ex, [size], args.quick, "tcp")
+                for n in range(rounds_n):
+                    raw, shm, tcp = [], [], []
+                    for size in sizes:
+                        print(f"round {n + 1}/{rounds_n}, {human(size)}: raw mpi4py Send/Recv, "
+                              "store through shared memory, store through TCP ...", flush=True)
+                        raw += run_raw([size], args.quick, tag)
+                        shm += measure_store(ex, [size], args.quick, "auto")
+                        tcp += measure_store(ex, [size], args.quick, "tcp")
+                    rounds.append((raw, shm, tcp))
                 print("one array feeding many tasks ...", flush=True)
                 feed = by_reference(ex, (16 if args.quick else 64) * MiB,
                                     8 if args.quick else 16)
@@ -243,11 +273,13 @@ def main() -> int:
         finally:
             code = world.stop()
             left = wait_gone(world.tag) + wait_gone(tag)
+    raw, shm, tcp = medians(rounds) if len(rounds) > 1 else rounds[0]
     text, worst = table(raw, shm, tcp)
     met = all(v is not None and v >= TARGET for v in worst.values())
     verdict = "PASS" if met else "MISS"
     print()
-    print("Bandwidth in GB/s (1 GB = 1e9 bytes); ratios through shared memory.")
+    print(f"Bandwidth in GB/s (1 GB = 1e9 bytes), median of {rounds_n} round(s); ratios through "
+          "shared memory (the median of each round's own ratio).")
     print(text)
     print()
     print(f"{feed['tasks']} tasks summing one {human(feed['array_bytes'])} array: by value "
@@ -257,7 +289,8 @@ def main() -> int:
     print(f"{verdict}: worst ratio for >= 1 MiB: put {worst['put']:.0%}, get {worst['get']:.0%}, "
           f"get(out=) {worst['get_out']:.0%} (target {TARGET:.0%})")
     result = {"machine": machine(), "quick": args.quick, "started": started,
-              "seconds": time.time() - started, "raw": raw, "shm": shm, "tcp": tcp,
+              "seconds": time.time() - started, "rounds": rounds, "raw": raw, "shm": shm,
+              "tcp": tcp,
               "by_reference": feed, "table": text,
               "verdict": {"result": verdict, "target": TARGET, "worst": worst},
               "world_exit_code": code, "leftover_processes": [p.pid for p in left]}

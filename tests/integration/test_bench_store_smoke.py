@@ -17,7 +17,7 @@ def _number(x) -> bool:
 
 
 def test_quick_run_writes_rows(run_bench):
-    stdout, data = run_bench("store", "--quick")
+    stdout, data = run_bench("store", "--quick", "--rounds", "2")
     assert "PASS" in stdout or "MISS" in stdout, stdout
     assert "| size | raw MPI |" in stdout
 
@@ -33,5 +33,10 @@ def test_quick_run_writes_rows(run_bench):
                 assert _number(row[key]) and row[key] > 0, (kind, row)
     for row in data["raw"]:
         assert _number(row["raw"]) and _number(row["raw_fresh"]), row
+    assert len(data["rounds"]) == 2 and all(r["rounds"] == 2 for r in data["shm"])
+    for i, row in enumerate(data["shm"]):   # the table shows each figure's median over rounds
+        puts = sorted(rd[1][i]["put"] for rd in data["rounds"])
+        assert row["put"] == pytest.approx(sum(puts) / 2)
+        assert set(row["ratios"]) == {"put", "get", "get_out"}
     feed = data["by_reference"]
     assert feed["tasks"] >= 2 and _number(feed["by_value_s"]) and _number(feed["by_reference_s"])
