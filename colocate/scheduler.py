@@ -71,6 +71,7 @@ from .messages import (
 from .store import human_size
 
 EWMA = 0.2   # weight of the newest run time in a function's average
+AHEAD_SECONDS = 0.02   # a worker holds at most about this much of a short function's work
 
 
 class _Task:
@@ -121,13 +122,14 @@ class Scheduler:
     """Queues, placement, retries and the drain for one colocate world.
 
     Args:
-        prefetch: how many tasks of a short function a worker may hold at once.
+        prefetch: how many tasks of a short function a worker may hold at once, at most: fewer
+            when they add up to more than :data:`AHEAD_SECONDS` of its mean run time.
         prefetch_below: a function is short when its mean run time is below this (seconds).
         heartbeat_timeout: seconds of silence after which a worker is declared lost.
         default_timeout: the task timeout used when a task sets none.
     """
 
-    def __init__(self, prefetch: int = 32, prefetch_below: float = 0.005,
+    def __init__(self, prefetch: int = 256, prefetch_below: float = 0.005,
                  heartbeat_timeout: float = 30.0, default_timeout: float | None = None) -> None:
         self.prefetch = max(1, prefetch)
         self.prefetch_below = prefetch_below
@@ -472,7 +474,9 @@ class Scheduler:
         if opts.cores > 1 or opts.gpus:
             return self._place_exclusive(task)
         mean = self.mean_runtime.get(task.fn_hash)
-        depth = self.prefetch if mean is not None and mean < self.prefetch_below else 1
+        depth = 1
+        if mean is not None and mean < self.prefetch_below:   # short: send some ahead, up to
+            depth = max(1, min(self.prefetch, round(AHEAD_SECONDS / max(mean, 1e-6))))   # ~20 ms
         best: _Worker | None = None
         best_key: tuple[int, int, int] | None = None
         for worker in self.workers.values():

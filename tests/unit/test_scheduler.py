@@ -47,6 +47,17 @@ def test_short_functions_are_sent_ahead_up_to_prefetch():
     assert out[0] == S.SendWork(1, [work(1), work(2), work(3)])
 
 
+def test_tasks_sent_ahead_add_up_to_about_20_ms_of_work():
+    s = sched(prefetch=256, prefetch_below=0.01)
+    s.handle(S.Submitted(7, [task(i, FN_BYTES if i == 0 else None) for i in range(40)]))
+    out = s.handle(S.WorkerDone(1, [ok(0, 1.0, 1.004)]))   # 4 ms each: 5 of them ahead
+    assert out[0] == S.SendWork(1, [work(i) for i in range(1, 6)])
+    s = sched(prefetch=8, prefetch_below=0.01)
+    s.handle(S.Submitted(7, [task(i, FN_BYTES if i == 0 else None) for i in range(40)]))
+    out = s.handle(S.WorkerDone(1, [ok(0, 1.0, 1.00001)]))   # 10 µs: prefetch caps it
+    assert out[0] == S.SendWork(1, [work(i) for i in range(1, 9)])
+
+
 def test_long_functions_are_not_sent_ahead():
     s = sched(prefetch=3, prefetch_below=0.01)
     s.handle(S.Submitted(7, [task(i, FN_BYTES if i == 0 else None) for i in range(4)]))
