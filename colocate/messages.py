@@ -242,12 +242,32 @@ class DropObjects(NamedTuple):
 
 
 # ----- serialization ------------------------------------------------------------------------------
+# Values the standard pickler handles exactly as cloudpickle does: results and calls that
+# carry only these skip cloudpickle's Python-level pickler (~25 µs a call, a fifth of a
+# client's time per no-op task).
+_PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
+
+
 def dumps(obj: Any) -> bytes:
     """Pickle ``obj`` with cloudpickle (functions and lambdas by value where needed)."""
+    if type(obj) in _PLAIN:
+        return pickle.dumps(obj, protocol=PROTOCOL)
     return cloudpickle.dumps(obj, protocol=PROTOCOL)
 
 
 loads = pickle.loads
+
+
+def dumps_plain_call(args: tuple, kwargs: dict) -> bytes | None:
+    """``(args, kwargs)`` pickled with the C pickler if every value is a plain scalar, else None."""
+    plain = _PLAIN
+    for a in args:
+        if type(a) not in plain:
+            return None
+    for v in kwargs.values():
+        if type(v) not in plain:
+            return None
+    return pickle.dumps((args, kwargs), protocol=PROTOCOL)
 
 
 def fn_key(data: bytes) -> bytes:
