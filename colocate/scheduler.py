@@ -212,6 +212,10 @@ class Scheduler:
         for msg in ev.tasks:
             if msg.fn_bytes is not None:
                 self.fns.setdefault(msg.fn_hash, msg.fn_bytes)
+            if self.draining:   # sent before the client heard of the drain: it never runs
+                self._deliver(ev.client, ResultMsg(msg.id, Status.INTERRUPTED,
+                                                   dumps("the server is draining"), None))
+                continue
             reason = self._cannot_run(msg)
             if reason:
                 self._deliver(ev.client, ResultMsg(msg.id, Status.REJECTED, dumps(reason), None))

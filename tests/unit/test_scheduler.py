@@ -170,6 +170,16 @@ def test_drain_interrupts_queued_waits_for_running_then_exits():
     assert out[-1] == S.Exit() and out[0].results[0].status == Status.INTERRUPTED
 
 
+def test_tasks_that_arrive_during_a_drain_are_interrupted_not_left_queued():
+    s = sched()
+    s.handle(S.Submitted(7, [task(0, FN_BYTES)]))
+    s.handle(S.DrainRequested())
+    out = s.handle(S.Submitted(7, [task(1)]))   # sent before the client heard of the drain
+    assert [r.status for r in out[0].results] == [Status.INTERRUPTED] and s.queued() == 0
+    out = s.handle(S.WorkerDone(1, [ok(0)]))
+    assert out[-1] == S.Exit()
+
+
 def test_client_leaving_drops_its_queue_and_results():
     s = sched()
     s.handle(S.Submitted(7, [task(0, FN_BYTES), task(1)]))
