@@ -1,6 +1,7 @@
 """Core runtime benchmark: colocate's round trip, wake-up, throughput and idle CPU vs raw MPI.
 
-Run: ``python bench/core.py [--quick] [--json OUT] [--workers 1] [--no-inline] [--set K=V]``
+Run: ``python bench/core.py [--quick] [--rounds N] [--json OUT] [--workers 1] [--no-inline]
+[--set K=V]``
 (the full run takes 2-4 minutes on 2 loaded cores, ``--quick`` under a minute). Exit code 0 when
 the bench ran, whether or not the targets were met; 2 on a set-up error (no ``mpiexec``, a world
 that does not start, a subprocess that fails or overruns its bound), 130 on Ctrl-C.
@@ -65,6 +66,7 @@ import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -514,6 +516,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="worker ranks of colocate and mpi4py.futures (default 1, as the "
                    "issue's targets)")
     p.add_argument("--no-inline", action="store_true", help="skip the colocate inline world")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every system N times, one after the other, and report each "
+                   "figure's median (a ratio: the median of each round's own ratio); the "
+                   "development VM's speed drifts by tens of percent within minutes")
     p.add_argument("--set", action="append", default=[], metavar="COLOCATE_KEY=VALUE",
                    help="extra setting for the colocate worlds (repeatable), e.g. "
                    "COLOCATE_CO_LOCATION_CGROUPS='\"off\"' (values are YAML)")
@@ -529,6 +535,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     bad = [x for x in args.set if "=" not in x or not x.startswith("COLOCATE_")]
     if bad:
         p.error(f"--set expects COLOCATE_<SECTION>_<KEY>=VALUE, found {bad}")
@@ -582,7 +590,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-core-"))
     started = time.time()
     try:
-        rows = run_all(args, plan, work)
+        rounds = []
+        for n in range(args.rounds):
+            if args.rounds > 1:
+                print(f"-- round {n + 1} of {args.rounds}", flush=True)
+            rounds.append(run_all(args, plan, work))
     except BenchError as e:
         print(f"core: {e}", file=sys.stderr)
         return 2
@@ -591,16 +603,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(args, plan, rows, info, time.time() - started)
+    report(args, plan, rounds, info, time.time() - started)
     return 0
 
 
-def report(args: argparse.Namespace, plan: Plan, rows: dict, info: dict, elapsed: float) -> None:
-    """Print the table and the verdict; write the JSON."""
-    rat = ratios(rows)
+def median_of(values: list) -> object:
+    """Numbers: their median; dicts: key by key; anything else: the first round's."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return statistics.median(values)
+    if all(isinstance(v, dict) for v in values):
+        return {k: median_of([v[k] for v in values if k in v]) for k in values[0]}
+    return values[0]
+
+
+def report(args: argparse.Namespace, plan: Plan, rounds: list[dict], info: dict,
+           elapsed: float) -> None:
+    """Print the table (medians over rounds) and the verdict; write the JSON."""
+    rows = median_of(rounds)
+    rat = median_of([ratios(r) for r in rounds])
     v = verdict(rows, rat)
     print()
     print(render(rows, plan, rat))
+    if len(rounds) > 1:
+        print(f"(each figure: the median of {len(rounds)} rounds)")
     print(f"\nverdict (issue 2 targets, {args.workers} worker(s), process isolation): "
           f"{v['result']}: {v['text']}")
     print(f"wall time {elapsed:.0f} s")
@@ -609,7 +634,8 @@ def report(args: argparse.Namespace, plan: Plan, rows: dict, info: dict, elapsed
               "elapsed_s": round(elapsed, 1), "quick": args.quick, "workers": args.workers,
               "plan": asdict(plan), "machine": info, "settle_s": SETTLE,
               "targets": TARGETS,
-              "ratios": rat, "verdict": v, "rows": list(rows.values())}
+              "rounds": len(rounds), "ratios": rat, "verdict": v, "rows": list(rows.values()),
+              "round_rows": [list(r.values()) for r in rounds]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(f"json: {args.json}")

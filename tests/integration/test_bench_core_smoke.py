@@ -47,3 +47,16 @@ def test_quick_run_writes_rows(run_bench):
     assert any(r.startswith("child of rank") for r in rows["colocate"]["idle_cpu_pct"])
     assert rows["peer"]["serializer"]["workers"].startswith("cloudpickle"), rows["peer"]
     assert all(_positive(v) for v in data["ratios"].values()), data["ratios"]
+
+
+def test_rounds_report_medians(run_bench):
+    stdout, data = run_bench("core", "--quick", "--no-inline", "--rounds", "2",
+                             "--roundtrips", "50", "--tasks", "500", "--wakeups", "1",
+                             "--idle", "0.5")
+    assert "the median of 2 rounds" in stdout, stdout
+    assert data["rounds"] == 2 and len(data["round_rows"]) == 2
+    rows = {r["system"]: r for r in data["rows"]}
+    each = [{r["system"]: r for r in rr} for rr in data["round_rows"]]
+    for name in ("raw", "colocate", "peer"):
+        p50s = [rr[name]["roundtrip_us"]["p50"] for rr in each]
+        assert rows[name]["roundtrip_us"]["p50"] == pytest.approx(sum(p50s) / 2), name
