@@ -156,21 +156,14 @@ class Worker:
             wait = min(self.backoff.cold, guard_due)
             if deadline is not None:
                 wait = min(wait, deadline - now)
-            # While outcomes gather for one Done and the child works through tasks sent ahead,
-            # its next outcomes wait in the pipe until the Done is due: waking for each one
-            # cost this rank a wake-up per task (most of its CPU in a stream of short tasks),
-            # and they reach rank 0 together anyway. A child that dies meanwhile is seen then.
-            gathering = bool(self.unsent)
-            if gathering:
+            if self.unsent:
                 wait = min(wait, self.unsent_since + COALESCE_WAIT - now)
-            readers = [self.bell] if gathering else [child.from_child, self.bell]
-            ready, writable, _ = select.select(readers,
+            ready, writable, _ = select.select([child.from_child, self.bell],
                                                [child.to_child] if child.writing else [], [],
                                                max(0.0, wait))
             if writable:
                 child.flush()
-            due = gathering and time.monotonic() >= self.unsent_since + COALESCE_WAIT
-            if child.from_child in ready or due:
+            if child.from_child in ready:
                 outcomes, died = child.collect()
                 if died is not None:
                     log.warning("rank %d: %s; starting a new executor", self.rank, died)
