@@ -14,6 +14,7 @@ import importlib.metadata
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -211,3 +212,13 @@ def machine() -> dict:
             "mpich": version("mpich"), "cloudpickle": version("cloudpickle"),
             "psutil": version("psutil"), "colocate_git": git, "hostname": platform.node(),
             "loadavg": list(os.getloadavg())}
+
+
+def median_of(values: list) -> object:
+    """The median over rounds of one figure: numbers: their median; dicts: key by key (a key
+    missing from a round is left out of its median); anything else: the first round's."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return statistics.median(values)
+    if all(isinstance(v, dict) for v in values):
+        return {k: median_of([v[k] for v in values if k in v]) for k in values[0]}
+    return values[0]

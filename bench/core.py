@@ -66,7 +66,6 @@ import math
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,7 +78,16 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _core_report import RAW_SANE_US, TARGETS, TITLES, ratios, render, verdict  # noqa: E402
-from _world import BENCH_ENV, TAG_VAR, World, clean_env, kill_tagged, machine, tagged  # noqa: E402
+from _world import (  # noqa: E402
+    BENCH_ENV,
+    TAG_VAR,
+    World,
+    clean_env,
+    kill_tagged,
+    machine,
+    median_of,
+    tagged,
+)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "core.json"
@@ -605,15 +613,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     report(args, plan, rounds, info, time.time() - started)
     return 0
-
-
-def median_of(values: list) -> object:
-    """Numbers: their median; dicts: key by key; anything else: the first round's."""
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return statistics.median(values)
-    if all(isinstance(v, dict) for v in values):
-        return {k: median_of([v[k] for v in values if k in v]) for k in values[0]}
-    return values[0]
 
 
 def report(args: argparse.Namespace, plan: Plan, rounds: list[dict], info: dict,

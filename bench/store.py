@@ -44,7 +44,7 @@ import cloudpickle
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _world import World, clean_env, kill_tagged, machine, wait_gone  # noqa: E402
+from _world import World, clean_env, kill_tagged, machine, median_of, wait_gone  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # executors cannot import this
 
@@ -193,19 +193,11 @@ def ratios_of(r: dict, s: dict) -> dict:
 def medians(rounds: list[tuple[list, list, list]]) -> tuple[list, list, list]:
     """Per size and figure, the median over rounds; a ratio is the median of each round's own
     ratio (raw MPI and the store measured side by side in that round)."""
-    def med(rows: list[dict]) -> dict:
-        out = {"size": rows[0]["size"], "rounds": len(rows)}
-        for k, v in rows[0].items():
-            if isinstance(v, float) and k != "size":
-                out[k] = statistics.median(r[k] for r in rows)
-        return out
     raw, shm, tcp = [], [], []
     for i in range(len(rounds[0][0])):
-        raw.append(med([rd[0][i] for rd in rounds]))
-        shm.append(med([rd[1][i] for rd in rounds]))
-        tcp.append(med([rd[2][i] for rd in rounds]))
-        per_round = [ratios_of(rd[0][i], rd[1][i]) for rd in rounds]
-        shm[-1]["ratios"] = {k: statistics.median(p[k] for p in per_round) for k in per_round[0]}
+        for out, kind in ((raw, 0), (shm, 1), (tcp, 2)):
+            out.append({**median_of([rd[kind][i] for rd in rounds]), "rounds": len(rounds)})
+        shm[-1]["ratios"] = median_of([ratios_of(rd[0][i], rd[1][i]) for rd in rounds])
     return raw, shm, tcp
 
 

@@ -460,14 +460,10 @@ class Connection:
                 self.inflight[msg.id] = fut
                 batch.append(msg)
                 room -= 1
-        freed = []
-        while self.to_free:
-            freed.append(self.to_free.popleft())
+        freed = _drain(self.to_free)
         if freed:   # first: they make room for the puts that may follow
             control.insert(0, FreeRefs(freed))
-        used = []
-        while self.used_ahead:
-            used.append(self.used_ahead.popleft())
+        used = _drain(self.used_ahead)
         if used:
             control.insert(0, UsedAhead(used))
         with self.send_lock:
@@ -580,3 +576,11 @@ def _exit_text(code: Any) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"exit code {code}"
+
+
+def _drain(items: deque) -> list:
+    """Take everything from a deque that other threads append to without a lock."""
+    out = []
+    while items:
+        out.append(items.popleft())
+    return out

@@ -113,8 +113,7 @@ class PutAhead:
             self.wanted.clear()
             self.cond.notify_all()
             pending = self.busy is not None   # once done, the thread releases it itself
-            if threading.current_thread() is not self.thread:
-                self.cond.wait_for(lambda: self.busy is None, timeout)
+            self.cond.wait_for(lambda: self.busy is None, timeout)
             spares = [r for rs in self.spares.values() for r in rs]
             self.spares = {}
         for res in spares:

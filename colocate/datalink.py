@@ -245,12 +245,11 @@ def reserve(world: str, where: StoreAddress, rank: int, node: str, oid: int | No
             reply = recv_msg(sock)
             if not reply.get("ok"):
                 raise OSError(reply.get("error", "refused"))
-            oid, fd = reply["id"], reply["fd"]
-            mm = _maps.get(where.pid, fd, oid, nbytes)
-            if mm is None:
+            res = _mapped(world, where, rank, node, reply["id"], reply["fd"], nbytes)
+            if res is None:
                 return None   # the link closes: a reservation the worker numbered goes with it
             link.clean = True
-            return Reservation(world, where, rank, node, oid, fd, nbytes, mm)
+            return res
     except (OSError, EOFError) as e:
         raise ObjectLost(f"cannot store {nbytes} bytes with worker rank {rank} on {node} "
                          f"({where.host}:{where.port}): {type(e).__name__}: {e}") from None
@@ -276,13 +275,15 @@ def reserve_many(world: str, where: StoreAddress, rank: int, node: str, ids: lis
     except (OSError, EOFError) as e:
         raise ObjectLost(f"cannot store {nbytes} bytes with worker rank {rank} on {node} "
                          f"({where.host}:{where.port}): {type(e).__name__}: {e}") from None
-    out = []
-    for oid, fd in reply["segments"]:
-        mm = _maps.get(where.pid, fd, oid, nbytes)
-        if mm is None:
-            return []
-        out.append(Reservation(world, where, rank, node, oid, fd, nbytes, mm))
-    return out
+    out = [_mapped(world, where, rank, node, oid, fd, nbytes) for oid, fd in reply["segments"]]
+    return [] if None in out else out
+
+
+def _mapped(world: str, where: StoreAddress, rank: int, node: str, oid: int, fd: int,
+            nbytes: int) -> Reservation | None:
+    """The reservation of segment ``fd`` for ``oid``, mapped here, or None if it cannot be."""
+    mm = _maps.get(where.pid, fd, oid, nbytes)
+    return None if mm is None else Reservation(world, where, rank, node, oid, fd, nbytes, mm)
 
 
 def fill(res: Reservation, view: memoryview) -> bool:

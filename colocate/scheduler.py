@@ -620,12 +620,10 @@ class Scheduler:
             n: {"objects": 0, "bytes": self.node_stored.get(n, 0), "ahead": 0,
                 "budget": self.node_budget[n], "reserved": self.node_reserved.get(n, 0)}
             for n in self.node_budget}
-        ahead = 0
         for obj in self.objects.values():
             if obj.ahead:   # held for a client's next put: budget, not yet an object
                 per_node[obj.node]["ahead"] += obj.nbytes
                 per_node[obj.node]["bytes"] -= obj.nbytes
-                ahead += obj.nbytes
             else:
                 per_node[obj.node]["objects"] += 1
         return {
@@ -634,6 +632,7 @@ class Scheduler:
             "clients": len(self.queues), "retried": self.retried, "draining": self.draining,
             "node_budget": dict(self.node_budget), "node_reserved": dict(self.node_reserved),
             "store": {"objects": sum(p["objects"] for p in per_node.values()),
-                      "bytes": sum(self.node_stored.values()) - ahead, "ahead": ahead,
+                      "bytes": sum(p["bytes"] for p in per_node.values()),
+                      "ahead": sum(p["ahead"] for p in per_node.values()),
                       "lost": self.objects_lost, "nodes": per_node},
         }

@@ -208,22 +208,12 @@ class StoreServer:
                 if op == "put":
                     self._put(sock, req)
                 elif op == "reserve" and req.get("ids"):   # rank-0 ids, for spares
-                    segments = []
-                    for oid in req["ids"]:
-                        fd = self._segment(oid, req["nbytes"])
-                        with self.lock:
-                            self.reserved[oid] = ({**req, "id": oid}, fd)
-                        segments.append((oid, fd))
+                    segments = [(oid, self._reserve({**req, "id": oid})) for oid in req["ids"]]
                     send_msg(sock, {"ok": True, "segments": segments})
                 elif op == "reserve":
                     ours = req.get("id") is None
                     oid = self._new_id(req)
-                    fd = self._segment(oid, req["nbytes"])
-                    with self.lock:
-                        old = self.reserved.pop(oid, None)   # a retry supersedes it
-                        self.reserved[oid] = (req, fd)
-                    if old is not None:
-                        self._recycle(old[1])
+                    fd = self._reserve(req)
                     if ours:
                         reserved.add(oid)
                     send_msg(sock, {"ok": True, "id": oid, "fd": fd})
@@ -251,6 +241,17 @@ class StoreServer:
             self._seq += 1
             req["id"] = (self._seq << 16) | self.rank
         return req["id"]
+
+    def _reserve(self, req: dict) -> int:
+        """Set a segment aside for object ``req["id"]``, to be filled by the client; its fd."""
+        oid = req["id"]
+        fd = self._segment(oid, req["nbytes"])
+        with self.lock:
+            old = self.reserved.pop(oid, None)   # a retry supersedes it
+            self.reserved[oid] = (req, fd)
+        if old is not None:
+            self._recycle(old[1])
+        return fd
 
     def _commit(self, sock: socket.socket, oid: int, meta: tuple | None, reply: bool) -> None:
         """A reserved segment has been filled: it becomes the object."""
@@ -304,14 +305,10 @@ class StoreServer:
 
     def _get(self, sock: socket.socket, req: dict) -> None:
         oid = req["id"]
-        deadline = time.monotonic() + DATA_TIMEOUT
         with self.lock:
             # A put's commit may still be on its way on another connection: wait for it.
-            while oid not in self.objects and oid in self.reserved:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.registered.wait(left)
+            self.registered.wait_for(lambda: oid in self.objects or oid not in self.reserved,
+                                     DATA_TIMEOUT)
             entry = self.objects.get(oid)
             fd = os.dup(entry.fd) if entry is not None and entry.fd >= 0 else -1
         if entry is None:
