@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+from typing import Any
 
 from .errors import ColocateError, ConfigError
 
@@ -86,10 +88,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Before MPI starts: a stop (Slurm's warning signal, a Ctrl-C) that comes while the world
+    # is being set up is kept and acted on once it is, rather than killing this rank in the
+    # middle of a collective and leaving the others hung in it.
+    early = EarlySignals()
     from . import config
     from .world import serve
     cfg = config.load(args.config)
-    return serve(cfg, args.address_file or cfg["server"]["address_file"])
+    return serve(cfg, args.address_file or cfg["server"]["address_file"], early_signals=early)
+
+
+class EarlySignals:
+    """SIGTERM and SIGINT received before a rank's own handlers are set: kept, in order.
+
+    A second SIGINT still interrupts at once, as everywhere else in colocate.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._keep)
+
+    def _keep(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and signal.SIGINT in self.received:
+            raise KeyboardInterrupt
+        self.received.append(signum)
 
 
 def _need_address(args: argparse.Namespace) -> str:

@@ -116,16 +116,24 @@ class Server:
                 time.sleep(0.001)
 
     # ----- signals -------------------------------------------------------------------------------
-    def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT drain; a second SIGINT stops at once."""
-        def on_signal(signum: int, frame: Any) -> None:
-            self.signals += 1
-            if signum == signal.SIGINT and self.signals > 1:
-                self.stop_now = True
-            elif self.drain_deadline is None:
-                self.drain_deadline = time.monotonic() + self.drain_grace
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    def install_signal_handlers(self, received: list[int] = ()) -> None:
+        """SIGTERM and SIGINT drain; a second SIGINT stops at once.
+
+        ``received``: signals that came during set-up, acted on now.
+        """
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for signum in received:
+            log.warning("%s came during set-up: draining now that the world is up",
+                     signal.Signals(signum).name)
+            self._on_signal(signum, None)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        if signum == signal.SIGINT and self.signals > 1:
+            self.stop_now = True
+        elif self.drain_deadline is None:
+            self.drain_deadline = time.monotonic() + self.drain_grace
 
     # ----- loop ----------------------------------------------------------------------------------
     def run(self) -> None:

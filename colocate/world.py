@@ -88,7 +88,7 @@ def spare_cores(cfg: dict) -> tuple[list[int], str]:
 
 def serve(cfg: dict, address_file: str | None, comm: Any = None,
           on_ready: Callable[[Address], None] | None = None,
-          expect_clients: int | None = None) -> int:
+          expect_clients: int | None = None, early_signals: Any = None) -> int:
     """Run this rank's part of ``colocate serve``; returns the exit code.
 
     Args:
@@ -97,11 +97,17 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         comm: the world's communicator (default ``COMM_WORLD``; a sub-communicator when embedded).
         on_ready: called on rank 0 with the address once every worker has rung in.
         expect_clients: stop once this many clients have come and gone (embedding).
+        early_signals: what kept SIGTERM and SIGINT since before MPI started (``.received``):
+            rank 0 drains once the world is up; worker ranks ignore them (rank 0 decides).
     """
     if comm is None:
         comm, rank, size = mpi.world()
     else:
         rank, size = comm.Get_rank(), comm.Get_size()
+    if rank != 0 and expect_clients is None:
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)    # rank 0 decides when workers stop
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(cfg["server"]["log_level"], rank)
     if size < 2:
         raise ConfigError(
@@ -123,7 +129,7 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         server = Server(comm, cfg, listener, address, worker_bells, expect_clients)
         server.await_workers(size - 1, WORKER_RING_TIMEOUT)
         if expect_clients is None:
-            server.install_signal_handlers()
+            server.install_signal_handlers(early_signals.received if early_signals else [])
         if address_file:
             address.write()
         if on_ready is not None:
@@ -160,10 +166,6 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
                  mpi.host_address(cfg["server"]["bind"]))}
     bell = bells.Bell(bells.ring_up(address.host, address.bell_port,
                                     {"token": address.token, "role": "worker", "rank": rank}))
-    if expect_clients is None:
-        import signal
-        signal.signal(signal.SIGINT, signal.SIG_IGN)    # rank 0 decides when workers stop
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from .worker import Worker
     Worker(comm, bell, place, cfg).run()
     return 0

@@ -210,3 +210,40 @@ def test_crashing_function_does_not_take_the_world_down(world_factory, cli):
     assert sum(w["failed"] for w in st["workers"]) == 3
     assert world.stop() == 0, world.log()
     world.assert_clean()
+
+
+def _catches_sigterm(proc) -> bool:
+    """Whether ``proc`` has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    except OSError:
+        pass
+    return False
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_during_set_up_drains_once_the_world_is_up(world_factory, wait_until):
+    # Slurm's warning signal can come while the world is still starting. Every rank must live
+    # through it (a rank killed in the middle of a collective leaves the others hung in it,
+    # and the job step never ends): rank 0 drains as soon as the world is up.
+    from conftest import tagged_processes
+    world = world_factory(3, ready=False)
+
+    def ranks_listening():
+        ranks = [p for p in tagged_processes(world.tag)
+                 if "serve" in p.cmdline() and "mpiexec" not in p.cmdline()[0]
+                 and "hydra" not in p.cmdline()[0]]
+        return len(ranks) == 3 and all(_catches_sigterm(p) for p in ranks)
+
+    wait_until(ranks_listening, BOUND, "every rank to handle SIGTERM")
+    early = not world.address.exists()
+    world.proc.send_signal(signal.SIGTERM)
+    code = world.wait_exit(BOUND)
+    assert code == 0, f"mpiexec exited with {code}:\n{world.log()}"
+    if early:   # the usual case: set-up takes about a second after the handlers are in place
+        assert "came during set-up" in world.log(), world.log()
+    assert not world.address.exists()
+    world.assert_clean()
