@@ -208,6 +208,10 @@ class World:
                 pass
         self.wait_exit(10.0)
 
+    def processes(self) -> list[psutil.Process]:
+        """Its live processes: mpiexec's proxies, the ranks, their executor children."""
+        return tagged_processes(self.tag)
+
     def assert_clean(self, timeout: float = 15.0) -> None:
         """No rank, proxy or executor child of this world is left."""
         assert_no_leftovers(self.tag, timeout)

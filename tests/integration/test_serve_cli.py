@@ -229,11 +229,10 @@ def test_sigterm_during_set_up_drains_once_the_world_is_up(world_factory, wait_u
     # Slurm's warning signal can come while the world is still starting. Every rank must live
     # through it (a rank killed in the middle of a collective leaves the others hung in it,
     # and the job step never ends): rank 0 drains as soon as the world is up.
-    from conftest import tagged_processes
     world = world_factory(3, ready=False)
 
     def ranks_listening():
-        ranks = [p for p in tagged_processes(world.tag)
+        ranks = [p for p in world.processes()
                  if "serve" in p.cmdline() and "mpiexec" not in p.cmdline()[0]
                  and "hydra" not in p.cmdline()[0]]
         return len(ranks) == 3 and all(_catches_sigterm(p) for p in ranks)
