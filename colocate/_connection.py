@@ -76,13 +76,33 @@ from .stream import Stream
 
 log = logging.getLogger("colocate.client")
 
+READ_SLICE = 0.05   # seconds a caller reading for its result sleeps between checks
+
 
 class Future(cf.Future):
-    """A ``concurrent.futures.Future`` that also tells where its task ran (``info``)."""
+    """A ``concurrent.futures.Future`` that also tells where its task ran (``info``).
+
+    A thread waiting in :meth:`result` or :meth:`exception` reads the connection's socket
+    itself while no other thread does (:meth:`Connection.read_until`): a lone task's result
+    then wakes one thread, not the connection thread and then the waiter.
+    """
 
     info: TaskInfo | None = None
     _label = ""
     _refs: list | None = None   # Refs in the task's arguments, kept alive until it is done
+    _conn: Connection | None = None   # while in flight
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._read_until_done(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._read_until_done(timeout))
+
+    def _read_until_done(self, timeout: float | None) -> float | None:
+        conn = self._conn
+        if conn is None or self.done():
+            return timeout
+        return conn.read_until(self, timeout)
 
 
 class Connection:
@@ -129,6 +149,14 @@ class Connection:
         os.set_blocking(self.wake_r, False)
         self.wake_closed = False
         self.sleeping = False
+        # Reading the socket: whoever holds recv_lock, the connection thread or a caller
+        # waiting for a result (``reader``, its thread id). ``watching``: the connection
+        # thread's next or current sleep includes the socket. ``expecting``: replies awaited.
+        self.recv_lock = threading.Lock()
+        self.reader = 0
+        self.watching = True
+        self.expecting = 0
+        self.goodbye: str | None = None
         self.world = store.world_id(address.token)
         from .datalink import register_world
         register_world(self.world, address.token, transport)
@@ -169,7 +197,8 @@ class Connection:
                 raise BrokenWorld(f"the colocate world is gone: {self.broken}")
             if self.closing:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if threading.current_thread() is not self.thread:
+            if threading.get_ident() not in (self.thread.ident, self.reader):
+                # (a callback runs in the thread that read its result: it must not wait)
                 limit = 4 * self.max_inflight
                 while self.outstanding >= limit and self.broken is None:
                     self.room.wait(1.0)
@@ -184,6 +213,7 @@ class Connection:
             # Nothing in flight (the latency-bound case): send from this thread, saving a thread
             # wake-up. Otherwise the connection thread batches what accumulates.
             direct = not self.outbox and not self.inflight
+            fut._conn = self
             if direct:
                 fut.set_running_or_notify_cancel()
                 self.inflight[msg.id] = fut
@@ -207,21 +237,63 @@ class Connection:
         """Send a control message and wait (bounded) for its reply (the first that ``match``es)."""
         with self.lock:
             self.control.append(msg)
+            self.expecting += 1
         self._wake()
         deadline = time.monotonic() + timeout
         with self.lock:
-            while True:
-                for i, r in enumerate(self.replies):
-                    if isinstance(r, reply_type) and (match is None or match(r)):
-                        del self.replies[i]
-                        return r
-                if self.broken is not None:
-                    raise BrokenWorld(f"the colocate world is gone: {self.broken}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no {reply_type.__name__} from the server within "
-                                       f"{timeout:g} s")
-                self.reply_ready.wait(left)
+            try:
+                while True:
+                    for i, r in enumerate(self.replies):
+                        if isinstance(r, reply_type) and (match is None or match(r)):
+                            del self.replies[i]
+                            return r
+                    if self.broken is not None:
+                        raise BrokenWorld(f"the colocate world is gone: {self.broken}")
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"no {reply_type.__name__} from the server within "
+                                           f"{timeout:g} s")
+                    self.reply_ready.wait(left)
+            finally:
+                self.expecting -= 1
+
+    def read_until(self, fut: Future, timeout: float | None) -> float | None:
+        """Read the socket in this thread until ``fut``, the only task in flight, is done.
+
+        Only if no other thread reads (among other tasks, the connection thread reads). Returns
+        what is left of ``timeout``. Whatever arrives is handled as the connection thread would
+        (other futures, replies); that thread leaves the socket alone meanwhile and is woken
+        afterwards only if something is still awaited.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Only the latency-bound case: a batch is the connection thread's. (Read without the
+        # lock, which that thread takes per batch: a stale answer costs one wake-up at most.)
+        alone = len(self.inflight) == 1 and not self.outbox
+        if alone and self.recv_lock.acquire(blocking=False):
+            try:
+                with self.lock:
+                    self.reader = threading.get_ident()
+                while not fut.done() and not self.stream.closed and self.goodbye is None:
+                    left = READ_SLICE if deadline is None else min(
+                        READ_SLICE, deadline - time.monotonic())
+                    if left <= 0:
+                        break
+                    try:
+                        ready = select.select([self.stream], [], [], left)[0]
+                    except (OSError, ValueError):   # closed by the connection thread
+                        break
+                    if ready:
+                        self._receive()
+            finally:
+                with self.lock:
+                    self.reader = 0
+                    wake = not self.watching and (
+                        self.inflight or self.expecting or self.closing or self.stream.closed
+                        or self.goodbye is not None)
+                self.recv_lock.release()
+            if wake:
+                self._wake()
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def send_control(self, msg: Any) -> None:
         """Send a control message that has no reply."""
@@ -423,8 +495,10 @@ class Connection:
                     self.outbox and len(self.inflight) < self.max_inflight):
                 return
             self.sleeping = True
+            self.watching = self.reader == 0   # else a caller reads (see read_until)
         writers = [self.stream] if self.stream.pending else []
-        ready, writable, _ = select.select([self.stream, self.wake_r], writers, [], 1.0)
+        readers = [self.stream, self.wake_r] if self.watching else [self.wake_r]
+        ready, writable, _ = select.select(readers, writers, [], 1.0)
         self.sleeping = False
         if writable:
             with self.send_lock:
@@ -434,8 +508,13 @@ class Connection:
                 os.read(self.wake_r, 4096)
             except BlockingIOError:
                 pass
-        if self.stream in ready:
-            self._receive()
+        if self.stream in ready and self.recv_lock.acquire(blocking=False):
+            try:   # (if a caller holds it, that caller reads what came)
+                self._receive()
+            finally:
+                self.recv_lock.release()
+        if self.goodbye is not None:
+            raise BrokenWorld(f"the server said goodbye: {self.goodbye}")
         if self.stream.closed:
             raise BrokenWorld("the server closed the connection (it stopped or crashed)")
 
@@ -477,7 +556,8 @@ class Connection:
             if type(msg) is Results:
                 self._complete(msg.results)
             elif type(msg) is Bye:
-                raise BrokenWorld(f"the server said goodbye: {msg.reason}")
+                self.goodbye = msg.reason   # the connection thread breaks the connection
+                return
             else:
                 with self.lock:
                     self.replies.append(msg)
@@ -490,6 +570,7 @@ class Connection:
             self.room.notify_all()
         for fut, res in zip(futs, results, strict=True):
             fut.info = res.info
+            fut._conn = None
             try:
                 self._settle(fut, res)
             finally:

@@ -171,7 +171,8 @@ def test_executor_argument_checks(server):
 
 
 def test_done_callbacks_run_and_may_submit(ex):
-    # Callbacks run on the connection's thread; submitting from one must not deadlock.
+    # Callbacks run in the thread that read the result (here the connection's thread);
+    # submitting from one must not deadlock.
     chain: list[int] = []
     finished = threading.Event()
 
@@ -189,6 +190,51 @@ def test_done_callbacks_run_and_may_submit(ex):
     seen = []
     done.add_done_callback(seen.append)   # on a done future: called at once
     assert seen == [done]
+
+
+def test_a_lone_result_is_read_by_the_waiting_thread(ex):
+    # The latency-bound case: a caller waiting for its only task reads the socket itself (one
+    # wake-up instead of two), so the future's callbacks run in that caller's thread.
+    ran_in = []
+    fut = ex.submit(sleep_and_return, 0.2, 1)
+    fut.add_done_callback(lambda f: ran_in.append(threading.get_ident()))
+    assert fut.result(timeout=RESULT_TIMEOUT) == 1
+    assert ran_in == [threading.get_ident()]
+
+
+def test_a_callback_in_the_reading_caller_may_submit(ex):
+    follow = []
+    fut = ex.submit(sleep_and_return, 0.2, 3)
+    fut.add_done_callback(lambda f: follow.append(ex.submit(square, f.result())))
+    assert fut.result(timeout=RESULT_TIMEOUT) == 3
+    assert follow[0].result(timeout=RESULT_TIMEOUT) == 9
+
+
+def test_result_timeout_while_the_caller_reads(ex, release):
+    fut = ex.submit(wait_for_file, str(release))
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        fut.result(timeout=0.3)
+    assert time.monotonic() - start < 5.0
+    assert ex.submit(square, 6).result(timeout=RESULT_TIMEOUT) == 36   # the other worker
+    release.touch()
+    assert fut.result(timeout=RESULT_TIMEOUT) is True
+
+
+def test_replies_reach_other_threads_while_a_caller_reads(ex, release):
+    # The main thread reads the socket for its task; the status reply another thread waits
+    # for arrives meanwhile and must reach it (only then is the task released).
+    fut = ex.submit(wait_for_file, str(release))
+    got = {}
+
+    def ask():
+        got["status"] = ex.status()
+        release.touch()
+    asker = threading.Thread(target=ask)
+    asker.start()
+    assert fut.result(timeout=RESULT_TIMEOUT) is True
+    asker.join(RESULT_TIMEOUT)
+    assert sorted(w["rank"] for w in got["status"]["workers"]) == [1, 2]
 
 
 def test_no_stale_references_to_arguments(ex):
