@@ -8,8 +8,9 @@ heartbeat timeout.
 
 Clients use the same listening socket and handshake, then keep the socket as their data link
 (:mod:`colocate.stream`). The handshake is one JSON line each way: the peer sends
-``{"token": ..., "role": "client" | "worker", ...}``, the server answers ``{"ok": true}`` or
-``{"ok": false, "reason": ...}`` and closes. Nothing reaches MPI before the token is checked.
+``{"token": ..., "wire": N, "role": "client" | "worker", ...}``, the server answers
+``{"ok": true}`` or ``{"ok": false, "reason": ...}`` and closes. Nothing reaches MPI before the
+token and the wire format's version (``colocate.messages.WIRE_VERSION``) are checked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import hmac
 import json
 import socket
 from typing import Any
+
+from .messages import WIRE_VERSION
 
 HANDSHAKE_TIMEOUT = 10.0   # seconds a peer has to complete the handshake line
 
@@ -108,7 +111,7 @@ def ring_up(host: str, port: int, hello: dict[str, Any], timeout: float = 10.0) 
     """
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
-        _send_line(sock, hello)
+        _send_line(sock, {**hello, "wire": WIRE_VERSION})
         answer = _read_line(sock)
     except BaseException:
         sock.close()
@@ -136,6 +139,15 @@ def answer(listener: socket.socket, token: str) -> tuple[socket.socket, dict] | 
                               "written by this server (readable by its owner only)"})
             sock.close()
             return None, f"connection from {who} refused: wrong token"
+        if hello.get("wire") != WIRE_VERSION:
+            theirs = hello.get("wire", "1 or older")
+            _send_line(sock, {"ok": False, "reason": (
+                f"this server speaks colocate's wire format {WIRE_VERSION}, the connecting "
+                f"side {theirs}: they come from different colocate versions; run both with the "
+                f"same installation (or restart the server with this one)")})
+            sock.close()
+            return None, (f"connection from {who} refused: wire format {theirs}, expected "
+                          f"{WIRE_VERSION} (another colocate version)")
         _send_line(sock, {"ok": True})
     except (OSError, ValueError, ConnectionError) as e:
         sock.close()

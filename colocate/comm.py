@@ -17,6 +17,8 @@ import mpi4py
 mpi4py.rc.recv_mprobe = True
 from mpi4py import MPI  # noqa: E402  (rc must be set before the import initializes MPI)
 
+from .messages import from_wire, to_wire  # noqa: E402
+
 ANY_SOURCE = MPI.ANY_SOURCE
 # Error classes of a fault-tolerant MPI (ULFM: Open MPI's ``mpiexec --with-ft ulfm``) when a
 # peer has died. Other MPIs end the whole job instead, and never raise these.
@@ -63,7 +65,7 @@ class Mailbox:
     def send(self, obj: Any, dest: int) -> None:
         """Queue ``obj`` for ``dest`` and return at once (dropped if ``dest`` has died)."""
         try:
-            self._pending.append(self.comm.isend(obj, dest))
+            self._pending.append(self.comm.isend(to_wire(obj), dest))
         except MPI.Exception as e:
             if e.Get_error_class() not in _PEER_DIED:
                 raise
@@ -87,7 +89,7 @@ class Mailbox:
             return None
         if msg is None:
             return None
-        return self._status.Get_source(), msg.recv()
+        return self._status.Get_source(), from_wire(msg.recv())
 
     def _acknowledge(self) -> None:
         self.comm.Ack_failed()

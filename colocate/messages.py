@@ -1,8 +1,9 @@
 """Wire records, serialization, the function cache key, and remote tracebacks (no MPI here).
 
-Every message that crosses a process boundary is a small ``NamedTuple`` (cheap to pickle, easy to
-read). Task payloads travel as opaque ``bytes`` made by cloudpickle on the client and unpickled
-only in the executor: rank 0 and the worker ranks relay them without looking inside.
+Every message that crosses a process boundary is a small ``NamedTuple`` (easy to read); the four
+that every task crosses are pickled as plain tuples (:func:`to_wire`), ten times cheaper. Task
+payloads travel as opaque ``bytes`` made by cloudpickle on the client and unpickled only in the
+executor: rank 0 and the worker ranks relay them without looking inside.
 
 Flow of one task::
 
@@ -34,6 +35,10 @@ from typing import Any, NamedTuple
 import cloudpickle
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+# The wire format's version, checked in every handshake (colocate.bell): a client or worker of
+# another colocate version is refused with a message instead of misreading messages. Raise it
+# whenever a message changes.
+WIRE_VERSION = 2
 
 
 class Status(IntEnum):
@@ -239,6 +244,48 @@ class Shutdown(NamedTuple):
 
 class DropObjects(NamedTuple):
     ids: list[int]
+
+
+# ----- the wire form of the per-task messages ----------------------------------------------------
+# Pickling a NamedTuple costs about ten times a plain tuple's (the class is looked up by name
+# and rebuilt through Python code: Submit 13 + 9 µs to pickle and unpickle, as plain tuples
+# 1.2 + 1.3 µs). The four messages every task crosses go as tagged plain tuples (statuses as
+# plain ints); the others, rare, as themselves. Both links (:mod:`colocate.stream`, the MPI
+# mailbox) apply :func:`to_wire` before pickling and :func:`from_wire` after unpickling.
+_SUBMIT, _RESULTS, _DISPATCH, _DONE = range(4)
+_task_msg, _options, _result_msg, _info = (TaskMsg._make, TaskOptions._make, ResultMsg._make,
+                                           TaskInfo._make)
+_work, _outcome = Work._make, Outcome._make
+
+
+def to_wire(msg: Any) -> Any:
+    """``msg`` in the form it is pickled in (see :func:`from_wire`)."""
+    kind = type(msg)
+    if kind is Submit:
+        return (_SUBMIT, [(*t[:4], tuple(t.options), t.prefer) for t in msg.tasks])
+    if kind is Results:
+        return (_RESULTS, [(r.id, int(r.status), r.payload,
+                            None if r.info is None else tuple(r.info)) for r in msg.results])
+    if kind is Dispatch:
+        return (_DISPATCH, [tuple(w) for w in msg.work])
+    if kind is Done:
+        return (_DONE, [(o[0], int(o[1]), *o[2:]) for o in msg.outcomes])
+    return msg
+
+
+def from_wire(obj: Any) -> Any:
+    """The message :func:`to_wire` made ``obj`` from."""
+    if type(obj) is not tuple:   # (a NamedTuple's type is its own class)
+        return obj
+    tag, items = obj
+    if tag == _SUBMIT:
+        return Submit([_task_msg((*t[:4], _options(t[4]), t[5])) for t in items])
+    if tag == _RESULTS:
+        return Results([_result_msg((*r[:3], None if r[3] is None else _info(r[3])))
+                        for r in items])
+    if tag == _DISPATCH:
+        return Dispatch([_work(w) for w in items])
+    return Done([_outcome(o) for o in items])
 
 
 # ----- serialization ------------------------------------------------------------------------------

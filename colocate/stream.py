@@ -4,8 +4,9 @@ Clients are usually plain Python processes, not members of the MPI job, so their
 socket rather than an MPI dynamic connection (``MPI_Comm_connect`` from several singleton clients
 is unreliable: with the MPICH 5.0.2 wheel's UCX netmod, rank 0's messages to every client after
 the first are lost; see the README). The socket was opened and authenticated by the bell
-handshake; it carries length-prefixed pickles both ways. Sends never block: what the kernel does
-not take now waits in an output buffer until the socket is writable.
+handshake; it carries length-prefixed pickles both ways (per-task messages as plain tuples, see
+:func:`colocate.messages.to_wire`). Sends never block: what the kernel does not take now waits
+in an output buffer until the socket is writable.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pickle
 import socket
 import struct
 from typing import Any
+
+from .messages import from_wire, to_wire
 
 _HEADER = struct.Struct("<Q")
 READ_CHUNK = 1 << 20
@@ -53,7 +56,7 @@ class Stream:
 
     def send(self, obj: Any) -> None:
         """Queue one object and push as much as the socket takes now."""
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(to_wire(obj), protocol=pickle.HIGHEST_PROTOCOL)
         self._out += _HEADER.pack(len(data))
         self._out += data
         self.flush()
@@ -99,7 +102,7 @@ class Stream:
                 break
             start = pos + _HEADER.size
             with memoryview(buf) as view:
-                out.append(pickle.loads(view[start:start + n]))
+                out.append(from_wire(pickle.loads(view[start:start + n])))
             pos = start + n
         if pos:
             del buf[:pos]

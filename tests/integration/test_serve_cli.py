@@ -162,6 +162,24 @@ def test_wrong_token_is_refused_and_the_world_keeps_serving(server_world, tmp_pa
         assert ex.submit(pow, 2, 5).result(timeout=BOUND) == 32
 
 
+@pytest.mark.timeout(60)
+def test_a_client_of_another_colocate_version_is_refused_with_the_reason(server_world):
+    # A new server must not misread an old client's messages (or the reverse): the handshake
+    # carries the wire format's version.
+    import socket
+    with open(server_world.address) as f:
+        data = json.load(f)
+    with socket.create_connection((data["host"], data["bell_port"]), timeout=BOUND) as sock:
+        sock.sendall(json.dumps({"token": data["token"], "role": "client", "wire": 1}).encode()
+                     + b"\n")
+        answer = json.loads(sock.makefile().readline())
+    assert answer["ok"] is False
+    assert "wire format" in answer["reason"] and "same installation" in answer["reason"]
+    server_world.wait_log("wire format 1")
+    with Executor(address=server_world.address) as ex:
+        assert ex.submit(pow, 2, 6).result(timeout=BOUND) == 64
+
+
 def test_missing_address_file(tmp_path, cli):
     missing = tmp_path / "nowhere.address"
     with pytest.raises(ServerUnavailable) as caught:
