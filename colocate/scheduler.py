@@ -531,9 +531,9 @@ class Scheduler:
     def _cannot_run(self, msg: TaskMsg) -> str:
         if msg.fn_hash not in self.fns:
             return "the function was never sent to this server (client protocol error)"
-        if not self.workers:
-            return ""
         opts = msg.options
+        if not self.workers or (opts.cores <= 1 and not opts.gpus and not opts.memory):
+            return ""   # (any worker can run it: the common case, checked per task)
         per_node: dict[str, int] = {}
         for w in self.workers.values():
             per_node[w.node] = per_node.get(w.node, 0) + len(w.cores)
