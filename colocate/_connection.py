@@ -77,6 +77,7 @@ from .stream import Stream
 log = logging.getLogger("colocate.client")
 
 READ_SLICE = 0.05   # seconds a caller reading for its result sleeps between checks
+IDLE_WAIT = 1.0     # seconds the connection thread sleeps at most before looking around
 
 
 class Future(cf.Future):
@@ -214,14 +215,17 @@ class Connection:
             # wake-up. Otherwise the connection thread batches what accumulates.
             direct = not self.outbox and not self.inflight
             fut._conn = self
+            sleeping = False
             if direct:
                 fut.set_running_or_notify_cancel()
                 self.inflight[msg.id] = fut
             else:
                 self.outbox.append((fut, msg))
-            # One wake-up per sleep: the submits that follow find the thread awake (a write
-            # to the wake pipe costs tens of µs; one per task capped throughput).
-            sleeping, self.sleeping = self.sleeping, False
+                # One wake-up per sleep: the submits that follow find the thread awake (a
+                # write to the wake pipe costs tens of µs; one per task capped throughput).
+                # (A direct send leaves the flag: the thread may sleep away from the socket
+                # while a caller reads, and the next queued task must wake it.)
+                sleeping, self.sleeping = self.sleeping, False
         if direct:
             with self.send_lock:
                 self.stream.send(Submit([msg]))
@@ -498,7 +502,7 @@ class Connection:
             self.watching = self.reader == 0   # else a caller reads (see read_until)
         writers = [self.stream] if self.stream.pending else []
         readers = [self.stream, self.wake_r] if self.watching else [self.wake_r]
-        ready, writable, _ = select.select(readers, writers, [], 1.0)
+        ready, writable, _ = select.select(readers, writers, [], IDLE_WAIT)
         self.sleeping = False
         if writable:
             with self.send_lock:

@@ -237,6 +237,20 @@ def test_replies_reach_other_threads_while_a_caller_reads(ex, release):
     assert sorted(w["rank"] for w in got["status"]["workers"]) == [1, 2]
 
 
+def test_a_queued_task_wakes_the_connection_thread_after_lone_round_trips(make_executor,
+                                                                          monkeypatch):
+    # While callers read their lone results, the connection thread sleeps away from the
+    # socket; a task queued behind a direct send must wake it, not wait out its idle sleep.
+    from colocate import _connection
+    monkeypatch.setattr(_connection, "IDLE_WAIT", 120.0)
+    ex = make_executor()
+    for i in range(20):
+        assert ex.submit(square, i).result(timeout=RESULT_TIMEOUT) == i * i
+    futs = [ex.submit(square, i) for i in range(3)]   # the first goes direct, the rest queue
+    done, pending = cf.wait(futs, timeout=RESULT_TIMEOUT)
+    assert not pending, "queued tasks waited for the connection thread's idle sleep"
+
+
 def test_no_stale_references_to_arguments(ex):
     # As in CPython: the executor keeps nothing alive once a task is done.
     class Big:
