@@ -204,6 +204,12 @@ class _Link:
             self.sock.close()
 
 
+def _cannot_store(nbytes: int, rank: int, node: str, where: StoreAddress,
+                  e: BaseException) -> ObjectLost:
+    return ObjectLost(f"cannot store {nbytes} bytes with worker rank {rank} on {node} "
+                      f"({where.host}:{where.port}): {type(e).__name__}: {e}")
+
+
 def _lost(ref_text: str, rank: int, node: str, why: str) -> ObjectLost:
     return ObjectLost(f"{ref_text} held by worker rank {rank} on {node} cannot be read: {why}. "
                       "An object lives in the memory of its worker rank and is lost with it; "
@@ -251,8 +257,7 @@ def reserve(world: str, where: StoreAddress, rank: int, node: str, oid: int | No
             link.clean = True
             return res
     except (OSError, EOFError) as e:
-        raise ObjectLost(f"cannot store {nbytes} bytes with worker rank {rank} on {node} "
-                         f"({where.host}:{where.port}): {type(e).__name__}: {e}") from None
+        raise _cannot_store(nbytes, rank, node, where, e) from None
 
 
 def reserve_many(world: str, where: StoreAddress, rank: int, node: str, ids: list[int],
@@ -273,8 +278,7 @@ def reserve_many(world: str, where: StoreAddress, rank: int, node: str, ids: lis
                 raise OSError(reply.get("error", "refused"))
             link.clean = True
     except (OSError, EOFError) as e:
-        raise ObjectLost(f"cannot store {nbytes} bytes with worker rank {rank} on {node} "
-                         f"({where.host}:{where.port}): {type(e).__name__}: {e}") from None
+        raise _cannot_store(nbytes, rank, node, where, e) from None
     out = [_mapped(world, where, rank, node, oid, fd, nbytes) for oid, fd in reply["segments"]]
     return [] if None in out else out
 
@@ -322,8 +326,7 @@ def send_commit(res: Reservation, meta: tuple, wait: bool = True) -> bool:
                 return False
             link.clean = True
     except (OSError, EOFError) as e:
-        raise ObjectLost(f"cannot store {res.nbytes} bytes with worker rank {res.rank} on "
-                         f"{res.node}: {type(e).__name__}: {e}") from None
+        raise _cannot_store(res.nbytes, res.rank, res.node, res.where, e) from None
     return True
 
 
@@ -351,8 +354,7 @@ def put(world: str, where: StoreAddress, rank: int, node: str, oid: int | None, 
             reply = recv_msg(sock)
             link.clean = True
     except (OSError, EOFError) as e:
-        raise ObjectLost(f"cannot store {nbytes} bytes with worker rank {rank} on {node} "
-                         f"({where.host}:{where.port}): {type(e).__name__}: {e}") from None
+        raise _cannot_store(nbytes, rank, node, where, e) from None
     if not reply.get("ok"):
         raise ObjectLost(f"worker rank {rank} on {node} refused the object: {reply.get('error')}")
     return reply["id"], reply["fd"]

@@ -19,6 +19,7 @@ import os
 import select
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,7 @@ class Server:
                 time.sleep(0.001)
 
     # ----- signals -------------------------------------------------------------------------------
-    def install_signal_handlers(self, received: list[int] = ()) -> None:
+    def install_signal_handlers(self, received: Sequence[int] = ()) -> None:
         """SIGTERM and SIGINT drain; a second SIGINT stops at once.
 
         ``received``: signals that came during set-up, acted on now.
