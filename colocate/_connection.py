@@ -12,6 +12,11 @@ the socket and a wake-up pipe, so a client costs no CPU while it waits. ``submit
 when the client has ``4 x max_inflight`` tasks outstanding (backpressure), except from inside a
 future's callback, where waiting could deadlock.
 
+Leases: when rank 0 leases this client a worker slot (``Lease``), the connection connects to
+that worker's task port; a lone task that needs nothing but a core then goes there and back,
+skipping rank 0 (:mod:`colocate.lease`). When the lease is over (``LeaseOver``), tasks sent there
+without a result never ran, and go to rank 0.
+
 Object store: ``put`` asks rank 0 where the object goes (a ``PutRequest`` answered by a
 ``PutReply``), then sends the data to that worker's data port itself (:mod:`colocate.datalink`);
 the connection keeps a registry of the refs this client owns and tells rank 0 (``FreeRefs``,
@@ -56,8 +61,11 @@ from .messages import (
     Cancel,
     FreeRefs,
     FunctionPickler,
+    Lease,
+    LeaseOver,
     PutReply,
     PutRequest,
+    Relayed,
     ResultMsg,
     Results,
     Status,
@@ -69,6 +77,7 @@ from .messages import (
     Welcome,
     dumps,
     dumps_plain_call,
+    leasable,
     loads,
     with_remote_traceback,
 )
@@ -104,6 +113,19 @@ class Future(cf.Future):
         if conn is None or self.done():
             return timeout
         return conn.read_until(self, timeout)
+
+
+class _LeaseLink:
+    """The connection to a worker slot leased to this client, and the tasks sent over it."""
+
+    __slots__ = ("lease", "rank", "stream", "fns", "sent")
+
+    def __init__(self, lease: Lease, stream: Stream) -> None:
+        self.lease = lease.lease
+        self.rank = lease.rank
+        self.stream = stream
+        self.fns: set[bytes] = set()   # functions that worker has from us
+        self.sent: dict[int, tuple[TaskMsg, bytes]] = {}   # id -> (task, its function's bytes)
 
 
 class Connection:
@@ -158,6 +180,7 @@ class Connection:
         self.watching = True
         self.expecting = 0
         self.goodbye: str | None = None
+        self.lease: _LeaseLink | None = None
         self.world = store.world_id(address.token)
         from .datalink import register_world
         register_world(self.world, address.token, transport)
@@ -203,17 +226,22 @@ class Connection:
                 limit = 4 * self.max_inflight
                 while self.outstanding >= limit and self.broken is None:
                     self.room.wait(1.0)
-            send_fn = fn_hash not in self.sent_fns
-            if send_fn:
-                self.sent_fns.add(fn_hash)
-            msg = TaskMsg(next(self.ids), fn_hash, fn_bytes if send_fn else None, payload, opts,
+            # Nothing in flight (the latency-bound case): send from this thread, saving a thread
+            # wake-up, and to the leased worker if there is one. Otherwise the connection
+            # thread batches what accumulates.
+            direct = not self.outbox and not self.inflight
+            msg = TaskMsg(next(self.ids), fn_hash, None, payload, opts,
                           store.preferred_node(refs))
+            link = self.lease if direct and leasable(msg) else None
+            sent_fns = self.sent_fns if link is None else link.fns
+            if fn_hash not in sent_fns:
+                sent_fns.add(fn_hash)
+                msg = msg._replace(fn_bytes=fn_bytes)
+            if link is not None:
+                link.sent[msg.id] = (msg, fn_bytes)
             if refs:
                 fut._refs = refs   # the objects stay alive while the task may read them
             self.outstanding += 1
-            # Nothing in flight (the latency-bound case): send from this thread, saving a thread
-            # wake-up. Otherwise the connection thread batches what accumulates.
-            direct = not self.outbox and not self.inflight
             fut._conn = self
             sleeping = False
             if direct:
@@ -227,9 +255,10 @@ class Connection:
                 # while a caller reads, and the next queued task must wake it.)
                 sleeping, self.sleeping = self.sleeping, False
         if direct:
+            stream = self.stream if link is None else link.stream
             with self.send_lock:
-                self.stream.send(Submit([msg]))
-                stuck = self.stream.pending
+                stream.send(Submit([msg]))
+                stuck = stream.pending
             if stuck:
                 self._wake()   # the connection thread flushes when the socket is writable
         elif sleeping:
@@ -283,17 +312,18 @@ class Connection:
                     if left <= 0:
                         break
                     try:
-                        ready = select.select([self.stream], [], [], left)[0]
+                        ready = select.select(self._streams(), [], [], left)[0]
                     except (OSError, ValueError):   # closed by the connection thread
                         break
-                    if ready:
-                        self._receive()
+                    for stream in ready:
+                        self._receive(stream)
             finally:
                 with self.lock:
                     self.reader = 0
                     wake = not self.watching and (
                         self.inflight or self.expecting or self.closing or self.stream.closed
-                        or self.goodbye is not None)
+                        or self.goodbye is not None or self.stream.pending
+                        or (self.lease is not None and self.lease.stream.pending))
                 self.recv_lock.release()
             if wake:
                 self._wake()
@@ -457,6 +487,10 @@ class Connection:
                     r._owner = None
         self.release(ref.id)
 
+    def _streams(self) -> list[Stream]:
+        link = self.lease
+        return [self.stream] if link is None else [self.stream, link.stream]
+
     # ----- connection thread ---------------------------------------------------------------------
     def _await(self, kind: type, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
@@ -478,6 +512,7 @@ class Connection:
                 with self.lock:
                     done = self.closing and not self.outbox and not self.inflight
                 if done:
+                    self._drop_lease()
                     with self.send_lock:
                         self.stream.send(Bye("client shutdown"))
                     self._flush(timeout=2.0)
@@ -487,6 +522,7 @@ class Connection:
             self._break(e if isinstance(e, BrokenWorld) else BrokenWorld(
                 f"the connection thread failed: {type(e).__name__}: {e}"))
         finally:
+            self._drop_lease()
             self.stream.close()
             self.wake_closed = True
             for fd in (self.wake_r, self.wake_w):
@@ -500,21 +536,28 @@ class Connection:
                 return
             self.sleeping = True
             self.watching = self.reader == 0   # else a caller reads (see read_until)
-        writers = [self.stream] if self.stream.pending else []
-        readers = [self.stream, self.wake_r] if self.watching else [self.wake_r]
-        ready, writable, _ = select.select(readers, writers, [], IDLE_WAIT)
+        streams = self._streams()
+        writers = [st for st in streams if st.pending]
+        readers = [*streams, self.wake_r] if self.watching else [self.wake_r]
+        try:
+            ready, writable, _ = select.select(readers, writers, [], IDLE_WAIT)
+        except (OSError, ValueError):   # a caller ended the lease and closed its stream
+            ready, writable = [], []
         self.sleeping = False
         if writable:
             with self.send_lock:
-                self.stream.flush()
+                for st in writable:
+                    st.flush()
         if self.wake_r in ready:
             try:
                 os.read(self.wake_r, 4096)
             except BlockingIOError:
                 pass
-        if self.stream in ready and self.recv_lock.acquire(blocking=False):
+            ready.remove(self.wake_r)
+        if ready and self.recv_lock.acquire(blocking=False):
             try:   # (if a caller holds it, that caller reads what came)
-                self._receive()
+                for stream in ready:
+                    self._receive(stream)
             finally:
                 self.recv_lock.release()
         if self.goodbye is not None:
@@ -555,19 +598,98 @@ class Connection:
             if batch:
                 self.stream.send(Submit(batch))
 
-    def _receive(self) -> None:
-        for msg in self.stream.receive():
+    def _receive(self, stream: Stream) -> None:
+        if stream is not self.stream:
+            self._receive_leased(stream)
+            return
+        for msg in stream.receive():
             if type(msg) is Results:
                 self._complete(msg.results)
             elif type(msg) is Bye:
                 self.goodbye = msg.reason   # the connection thread breaks the connection
                 return
+            elif type(msg) is Lease:
+                self._take_lease(msg)
             else:
                 with self.lock:
                     self.replies.append(msg)
                     self.reply_ready.notify_all()
 
+    # ----- the leased worker ---------------------------------------------------------------------
+    def _take_lease(self, offer: Lease) -> None:
+        """Connect to the worker slot rank 0 leased us (at once: our next lone task goes there)."""
+        self._drop_lease()
+        try:
+            sock = ring_up(offer.host, offer.port,
+                           {"token": self.address.token, "role": "lease", "lease": offer.lease,
+                            "pid": os.getpid()})
+        except OSError as e:   # (rank 0 ends the lease when the slot is wanted elsewhere)
+            log.info("could not reach leased worker rank %d at %s:%d: %s; tasks keep going "
+                     "through rank 0", offer.rank, offer.host, offer.port, e)
+            return
+        with self.lock:
+            self.lease = _LeaseLink(offer, Stream(sock))
+
+    def _receive_leased(self, stream: Stream) -> None:
+        link = self.lease
+        if link is None or link.stream is not stream:
+            return
+        for msg in stream.receive():
+            if type(msg) is Results:
+                self._complete(msg.results)
+            elif type(msg) is Relayed:   # their results come through rank 0
+                for i in msg.ids:
+                    link.sent.pop(i, None)
+            elif type(msg) is LeaseOver:
+                self._lease_over(link)
+                return
+        if stream.closed:   # without LeaseOver: the worker rank is gone
+            self._lease_lost(link)
+
+    def _lease_over(self, link: _LeaseLink) -> None:
+        """The lease ended: what we sent without a result never ran; rank 0 runs it."""
+        with self.lock:
+            if self.lease is link:
+                self.lease = None
+            again = []
+            for msg, fn_bytes in link.sent.values():
+                if msg.fn_hash not in self.sent_fns:
+                    self.sent_fns.add(msg.fn_hash)
+                    msg = msg._replace(fn_bytes=fn_bytes)
+                elif msg.fn_bytes is not None:
+                    msg = msg._replace(fn_bytes=None)
+                again.append(msg)
+            link.sent.clear()
+        link.stream.close()
+        if again:
+            with self.send_lock:
+                self.stream.send(Submit(again))
+                stuck = self.stream.pending
+            if stuck:
+                self._wake()
+
+    def _lease_lost(self, link: _LeaseLink) -> None:
+        with self.lock:
+            if self.lease is link:
+                self.lease = None
+            ids = list(link.sent)
+            link.sent.clear()
+        link.stream.close()
+        why = dumps(f"worker rank {link.rank}, leased to this client, closed the connection "
+                    f"while the task ran (its process exited or the world is stopping)")
+        self._complete([ResultMsg(i, Status.LOST, why, None) for i in ids])
+
+    def _drop_lease(self) -> None:
+        with self.lock:
+            link, self.lease = self.lease, None
+        if link is not None:
+            link.stream.close()
+
     def _complete(self, results: list[ResultMsg]) -> None:
+        link = self.lease
+        if link is not None and link.sent:
+            for r in results:
+                link.sent.pop(r.id, None)
         with self.lock:
             futs = [self.inflight.pop(r.id) for r in results]
             self.outstanding -= len(results)

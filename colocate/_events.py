@@ -44,6 +44,7 @@ class WorkerJoined:
     now: float = 0.0
     gpus: tuple[str, ...] = ()   # the node's GPU inventory
     machine: str = ""            # its store's machine id (same kernel as a client: shared memory)
+    leases: bool = False         # it has a task port: clients may lease it
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,8 @@ class WorkerDone:
 class HeardFrom:
     rank: int
     now: float
+    done: int = 0     # leased tasks it ran since it last said, that ended OK
+    failed: int = 0   # ... and that did not
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,26 @@ class WorkerPaused:
 @dataclass(frozen=True, slots=True)
 class Tick:
     now: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseEnded:
+    """The worker ended ``lease``: nothing sent under it runs any more."""
+
+    rank: int
+    lease: int
+    done: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DirectDone:
+    """A leased task ended and kept objects: record them, then deliver its result."""
+
+    rank: int
+    client: int
+    result: ResultMsg
+    kept: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +187,24 @@ class PutRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantLease:
+    """Give ``client`` a lease on worker ``rank``: tell the worker first, then the client."""
+
+    client: int
+    rank: int
+    lease: int
+    timeout: float | None   # the default task timeout, applied by the worker
+
+
+@dataclass(frozen=True, slots=True)
+class EndLease:
+    """Tell ``rank`` to end ``lease`` (the worker answers with LeaseEnded)."""
+
+    rank: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
 class DropObjects:
     """Tell ``rank`` to release objects."""
 
@@ -173,6 +214,6 @@ class DropObjects:
 
 Event = (ClientJoined | ClientLeft | Submitted | CancelRequested | WorkerJoined | WorkerDone
          | HeardFrom | WorkerLost | WorkerPaused | Tick | DrainRequested | DrainDeadline
-         | PutRequested | FreeRequested | AheadUsed)
+         | PutRequested | FreeRequested | AheadUsed | LeaseEnded | DirectDone)
 Instruction = (SendWork | Deliver | CutOff | ForgetWorker | Exit | PutGranted | PutRefused
-               | DropObjects)
+               | DropObjects | GrantLease | EndLease)

@@ -21,6 +21,16 @@ between the client (or an executor child) and the worker rank's data port direct
     client   FreeRefs(ids) ──► rank 0 ──► DropObjects(ids) ──► worker rank
     client   UsedAhead(ids): objects granted ahead (PutRequest.ahead) now hold data ──► rank 0
     worker   Outcome.kept: objects a task kept with ``colocate.keep`` ──► rank 0 (owner: its client)
+
+Leases (:mod:`colocate.lease`): a client that sends one task at a time gets a worker slot of its
+own, and its lone tasks go straight to that worker rank and back (two processes fewer on the
+way)::
+
+    rank 0   StartLease(lease, client) ──► worker;  Lease(lease, rank, host, port) ──► client
+    client   Submit([one TaskMsg]) ──TCP──► worker  ──►  Results ──TCP──► client
+    worker   DirectDone(client, result, kept): a leased task that kept objects ──► rank 0 ──► client
+             (and Relayed([id]) ──► client: that result comes the other way)
+    rank 0   EndLease(lease) ──► worker ──► LeaseOver ──► client;  LeaseEnded ──► rank 0
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 # The wire format's version, checked in every handshake (colocate.bell): a client or worker of
 # another colocate version is refused with a message instead of misreading messages. Raise it
 # whenever a message changes.
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 
 
 class Status(IntEnum):
@@ -224,10 +234,12 @@ class WorkerHello(NamedTuple):
     detail: dict
     gpus: tuple[str, ...] = ()    # the node's GPU inventory
     store: StoreAddress | None = None
+    tasks: tuple[str, int] | None = None   # its task port for leased clients (host, port)
 
 
 class Heartbeat(NamedTuple):
-    pass
+    done: int = 0     # leased tasks that ended OK since the last report
+    failed: int = 0   # ... and that did not
 
 
 class KillRunning(NamedTuple):
@@ -244,6 +256,65 @@ class Shutdown(NamedTuple):
 
 class DropObjects(NamedTuple):
     ids: list[int]
+
+
+# ----- leases (colocate.lease) -------------------------------------------------------------------
+class Lease(NamedTuple):
+    """Rank 0 to a client: send your lone tasks to worker ``rank`` at ``host:port``."""
+
+    lease: int
+    rank: int
+    host: str
+    port: int
+
+
+class StartLease(NamedTuple):
+    """Rank 0 to a worker: take tasks from ``client`` under ``lease`` (default ``timeout``)."""
+
+    lease: int
+    client: int
+    timeout: float | None
+
+
+class EndLease(NamedTuple):
+    """Rank 0 to a worker: end ``lease`` once its running task is done."""
+
+    lease: int
+
+
+class LeaseEnded(NamedTuple):
+    """A worker to rank 0: ``lease`` is over and nothing of it runs."""
+
+    lease: int
+    done: int = 0     # leased tasks that ended OK since the last report
+    failed: int = 0
+
+
+class LeaseOver(NamedTuple):
+    """A worker to its leased client, last on the connection: it runs nothing more sent there."""
+
+    lease: int
+
+
+class Relayed(NamedTuple):
+    """A worker to its leased client: these tasks' results come through rank 0 (DirectDone)."""
+
+    ids: list[int]
+
+
+class DirectDone(NamedTuple):
+    """A worker to rank 0: a leased task's result that kept objects (rank 0 records, delivers)."""
+
+    client: int
+    result: ResultMsg
+    kept: tuple[tuple[int, int], ...]
+
+
+def leasable(msg: TaskMsg) -> bool:
+    """Whether a task may go straight to a leased worker: one core and nothing else to place."""
+    opts = msg.options
+    return (opts.retries == 0 and opts.cores <= 1 and not opts.gpus and not opts.memory
+            and not opts.retry_on and msg.prefer is None)
 
 
 # ----- the wire form of the per-task messages ----------------------------------------------------

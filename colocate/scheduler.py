@@ -22,6 +22,12 @@ node, else the client's own machine when it has room, else the node with the mos
 the worker holding the fewest bytes). A task whose arguments hold refs prefers the node that
 holds most of their bytes.
 
+Leases: a client that sends one task at a time, alone in the world, gets a worker slot of its own
+after :data:`LEASE_AFTER` such tasks; its lone tasks then go straight to that worker and back
+(:mod:`colocate.lease`), and the scheduler only counts the slot as taken. The lease ends (the
+worker finishes what runs and says so) as soon as anything else waits for a slot, the worker is
+paused, the client leaves, or the server drains.
+
 Its events and instructions are defined in :mod:`colocate._events` and re-exported here.
 """
 
@@ -37,15 +43,19 @@ from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
     ClientLeft,
     CutOff,
     Deliver,
+    DirectDone,
     DrainDeadline,
     DrainRequested,
     DropObjects,
+    EndLease,
     Event,
     Exit,
     ForgetWorker,
     FreeRequested,
+    GrantLease,
     HeardFrom,
     Instruction,
+    LeaseEnded,
     PutGranted,
     PutRefused,
     PutRequested,
@@ -67,11 +77,13 @@ from .messages import (
     TaskOptions,
     Work,
     dumps,
+    leasable,
 )
 from .store import human_size
 
 EWMA = 0.2   # weight of the newest run time in a function's average
 AHEAD_SECONDS = 0.02   # a worker holds at most about this much of a short function's work
+LEASE_AFTER = 2        # lone tasks in a row after which a client gets a lease
 
 
 class _Task:
@@ -116,6 +128,10 @@ class _Worker:
     failed: int = 0
     machine: str = ""
     stored: int = 0               # bytes of objects this rank holds
+    leases: bool = False          # it has a task port (can be leased)
+    lease: int = 0                # the lease a client holds on it (0: none)
+    lease_client: int | None = None
+    lease_ending: bool = False    # EndLease sent, LeaseEnded not yet back
 
 
 class Scheduler:
@@ -127,10 +143,12 @@ class Scheduler:
         prefetch_below: a function is short when its mean run time is below this (seconds).
         heartbeat_timeout: seconds of silence after which a worker is declared lost.
         default_timeout: the task timeout used when a task sets none.
+        leases: whether clients may lease worker slots (config ``client.leases``).
     """
 
     def __init__(self, prefetch: int = 256, prefetch_below: float = 0.005,
-                 heartbeat_timeout: float = 30.0, default_timeout: float | None = None) -> None:
+                 heartbeat_timeout: float = 30.0, default_timeout: float | None = None,
+                 leases: bool = False) -> None:
         self.prefetch = max(1, prefetch)
         self.prefetch_below = prefetch_below
         self.heartbeat_timeout = heartbeat_timeout
@@ -157,6 +175,11 @@ class Scheduler:
         self._out: list[Instruction] = []
         self._deliveries: dict[int, list[ResultMsg]] = {}
         self._returning: list[_Task] = []
+        self.leases = leases
+        self.leased: dict[int, int] = {}   # client -> rank of its lease
+        self.lone: dict[int, int] = {}     # client -> lone tasks in a row
+        self._lease_for: _Task | None = None
+        self._next_lease = 1
 
     # ----- entry point ---------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Instruction]:
@@ -170,13 +193,15 @@ class Scheduler:
             queue.appendleft(task)
         self._returning = []
         self._dispatch()
+        self._grant_lease()
         for rank, ids in self._drops.items():
             self._out.append(DropObjects(rank, ids))
         self._drops = {}
         for client, results in self._deliveries.items():
             self._out.append(Deliver(client, results))
         self._deliveries = {}
-        if self.draining and not self.tasks and not any(w.assigned for w in self.workers.values()):
+        if self.draining and not self.tasks and not any(w.assigned or w.lease
+                                                        for w in self.workers.values()):
             self._out.append(Exit())
         out, self._out = self._out, []
         return out
@@ -195,6 +220,10 @@ class Scheduler:
         self.queues.setdefault(ev.client, deque())
 
     def _on_ClientLeft(self, ev: ClientLeft) -> None:
+        self.lone.pop(ev.client, None)
+        rank = self.leased.get(ev.client)
+        if rank is not None:
+            self._end_lease(self.workers[rank])
         self._free([i for i, o in self.objects.items() if o.client == ev.client])
         for task in self.queues.pop(ev.client, ()):
             del self.tasks[task.gid]
@@ -209,6 +238,9 @@ class Scheduler:
         if queue is None:
             return
         was_empty = not queue
+        lone = (self.leases and len(ev.tasks) == 1 and not self.tasks
+                and ev.client not in self.leased and leasable(ev.tasks[0]))
+        self.lone[ev.client] = self.lone.get(ev.client, 0) + 1 if lone else 0
         for msg in ev.tasks:
             if msg.fn_bytes is not None:
                 self.fns.setdefault(msg.fn_hash, msg.fn_bytes)
@@ -224,6 +256,8 @@ class Scheduler:
             self._next_gid += 1
             self.tasks[task.gid] = task
             queue.append(task)
+            if lone and self.lone[ev.client] >= LEASE_AFTER:
+                self._lease_for = task
         if was_empty and queue:
             self.turn.append(ev.client)
 
@@ -245,7 +279,7 @@ class Scheduler:
 
     def _on_WorkerJoined(self, ev: WorkerJoined) -> None:
         self.workers[ev.rank] = _Worker(ev.rank, ev.node, tuple(ev.cores), ev.now,
-                                        machine=ev.machine)
+                                        machine=ev.machine, leases=ev.leases)
         self.node_budget[ev.node] = ev.memory_budget
         self.node_reserved.setdefault(ev.node, 0)
         self.node_stored.setdefault(ev.node, 0)
@@ -257,11 +291,15 @@ class Scheduler:
         worker = self.workers.get(ev.rank)
         if worker is not None:
             worker.last_seen = ev.now
+            worker.done += ev.done
+            worker.failed += ev.failed
 
     def _on_WorkerPaused(self, ev: WorkerPaused) -> None:
         worker = self.workers.get(ev.rank)
         if worker is not None:
             worker.paused = ev.paused
+            if ev.paused:
+                self._end_lease(worker)
 
     def _on_WorkerDone(self, ev: WorkerDone) -> None:
         worker = self.workers.get(ev.rank)
@@ -303,6 +341,8 @@ class Scheduler:
             return
         self.lost[ev.rank] = ev.reason
         self._out.append(ForgetWorker(ev.rank, ev.reason))
+        if worker.lease:   # (its client sees the connection close and fails what it sent)
+            self.leased.pop(worker.lease_client, None)
         for oid in [i for i, o in self.objects.items() if o.rank == ev.rank]:
             obj = self.objects.pop(oid)
             self.node_stored[obj.node] -= obj.nbytes
@@ -337,11 +377,57 @@ class Scheduler:
     def _on_DrainRequested(self, ev: DrainRequested) -> None:
         self.draining = True
         self._fail_queued(Status.INTERRUPTED, "the server is draining")
+        for worker in self.workers.values():
+            self._end_lease(worker)
 
     def _on_DrainDeadline(self, ev: DrainDeadline) -> None:
         for worker in self.workers.values():
-            if worker.assigned:
+            if worker.assigned or worker.lease:
                 self._out.append(CutOff(worker.rank, Status.INTERRUPTED))
+
+    # ----- leases --------------------------------------------------------------------------------
+    def _on_LeaseEnded(self, ev: LeaseEnded) -> None:
+        worker = self.workers.get(ev.rank)
+        if worker is None or worker.lease != ev.lease:
+            return
+        self.leased.pop(worker.lease_client, None)
+        self.lone.pop(worker.lease_client, None)
+        worker.done += ev.done
+        worker.failed += ev.failed
+        worker.lease, worker.lease_client, worker.lease_ending = 0, None, False
+
+    def _on_DirectDone(self, ev: DirectDone) -> None:
+        worker = self.workers.get(ev.rank)
+        if worker is None:
+            return
+        known = ev.client in self.queues
+        ok = ev.result.status == Status.OK
+        for oid, nbytes in ev.kept:
+            if known and ok:
+                self._add_object(oid, _Object(ev.client, worker.rank, worker.node, nbytes))
+            else:
+                self._drops.setdefault(worker.rank, []).append(oid)
+        if known:
+            self._deliver(ev.client, ev.result)
+
+    def _grant_lease(self) -> None:
+        """Lease the worker that got a client's latest lone task to that client, if it is free."""
+        task, self._lease_for = self._lease_for, None
+        if task is None or task.rank is None or task.client is None or self.turn:
+            return
+        worker = self.workers[task.rank]
+        if not worker.leases or worker.lease or len(worker.assigned) != 1:
+            return
+        worker.lease, worker.lease_client = self._next_lease, task.client
+        self._next_lease += 1
+        self.leased[task.client] = worker.rank
+        self._out.append(GrantLease(task.client, worker.rank, worker.lease,
+                                    self.default_timeout))
+
+    def _end_lease(self, worker: _Worker) -> None:
+        if worker.lease and not worker.lease_ending:
+            worker.lease_ending = True
+            self._out.append(EndLease(worker.rank, worker.lease))
 
     # ----- object store --------------------------------------------------------------------------
     def _on_PutRequested(self, ev: PutRequested) -> None:
@@ -468,9 +554,12 @@ class Scheduler:
                      task.cores, task.gpus))
         for rank, work in batches.items():
             self._out.append(SendWork(rank, work))
+        if self.turn and self.leased:   # something waits: leased slots come back
+            for worker in self.workers.values():
+                self._end_lease(worker)
 
     def _usable(self, worker: _Worker) -> bool:
-        return not worker.paused and worker.lent_to is None
+        return not worker.paused and worker.lent_to is None and not worker.lease
 
     def _place(self, task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
         """Choose where ``task`` runs: a worker, the workers lending it cores, its GPUs."""
@@ -611,7 +700,8 @@ class Scheduler:
             workers.append({
                 "rank": w.rank, "node": w.node, "cores": list(w.cores),
                 "state": "paused" if w.paused else "lent" if w.lent_to is not None else (
-                    "busy" if w.assigned else "idle"),
+                    "busy" if w.assigned else "leased" if w.lease else "idle"),
+                "leased_to": w.lease_client,
                 "current": None if current is None else current.gid,
                 "ahead": max(0, len(w.assigned) - 1), "done": w.done, "failed": w.failed,
                 "stored": w.stored,
@@ -630,6 +720,7 @@ class Scheduler:
             "workers": workers, "lost": dict(self.lost), "queued": self.queued(),
             "running": sum(1 for w in self.workers.values() if w.assigned),
             "clients": len(self.queues), "retried": self.retried, "draining": self.draining,
+            "leases": len(self.leased),
             "node_budget": dict(self.node_budget), "node_reserved": dict(self.node_reserved),
             "store": {"objects": sum(p["objects"] for p in per_node.values()),
                       "bytes": sum(p["bytes"] for p in per_node.values()),

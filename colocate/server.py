@@ -1,11 +1,13 @@
 """Rank 0's loop: turn MPI messages, bells and signals into scheduler events, and back.
 
-Reads: ``WorkerHello``/``Done``/``Heartbeat`` from worker ranks (MPI); ``Submit``/``Cancel``/
-``StatusRequest``/``StopRequest``/``PutRequest``/``FreeRefs``/``Bye`` from clients (their
-streams); new connections on the listening socket; SIGTERM/SIGINT. Writes: ``Dispatch``/
-``KillRunning``/``DropObjects``/``Shutdown`` to workers, ``Welcome``/``Results``/``PutReply``/
-``StatusReply``/``Bye`` to clients, and the address file. Stored objects' data never comes here:
-clients send it to the worker's data port (:mod:`colocate.datalink`).
+Reads: ``WorkerHello``/``Done``/``Heartbeat``/``LeaseEnded``/``DirectDone`` from worker ranks
+(MPI); ``Submit``/``Cancel``/``StatusRequest``/``StopRequest``/``PutRequest``/``FreeRefs``/``Bye``
+from clients (their streams); new connections on the listening socket; SIGTERM/SIGINT. Writes:
+``Dispatch``/``KillRunning``/``DropObjects``/``StartLease``/``EndLease``/``Shutdown`` to workers,
+``Welcome``/``Results``/``PutReply``/``Lease``/``StatusReply``/``Bye`` to clients, and the address
+file. Stored objects' data never comes here: clients send it to the worker's data port
+(:mod:`colocate.datalink`). Leased clients' lone tasks never come here either
+(:mod:`colocate.lease`).
 
 All decisions are the :class:`~colocate.scheduler.Scheduler`'s; this module only moves messages.
 It sleeps in ``select`` on every bell when idle, so an idle server costs almost no CPU, and wakes
@@ -31,17 +33,22 @@ from .idle import Backoff
 from .messages import (
     Bye,
     Cancel,
+    DirectDone,
     Dispatch,
     Done,
     DropObjects,
+    EndLease,
     FreeRefs,
     Heartbeat,
     KillRunning,
+    Lease,
+    LeaseEnded,
     PauseCores,
     PutReply,
     PutRequest,
     Results,
     Shutdown,
+    StartLease,
     StatusReply,
     StatusRequest,
     StopRequest,
@@ -86,11 +93,13 @@ class Server:
         self.worker_bells = worker_bells
         self.worker_contact = {rank: 0.0 for rank in worker_bells}
         self.stores: dict[int, StoreAddress | None] = {}
+        self.task_ports: dict[int, tuple[str, int]] = {}
         self.clients: dict[int, _Client] = {}
         self.next_client = 1
         self.backoff = Backoff.from_config(srv)
         self.sched = S.Scheduler(srv["prefetch"], srv["prefetch_below"],
-                                 srv["heartbeat_timeout"], cfg["tasks"]["timeout"])
+                                 srv["heartbeat_timeout"], cfg["tasks"]["timeout"],
+                                 cfg["client"]["leases"])
         self.heartbeat = srv["heartbeat"]
         self.drain_grace = srv["drain_grace"]
         self.max_inflight = cfg["client"]["max_inflight"]
@@ -198,7 +207,11 @@ class Server:
             if kind is Done:
                 self._apply(S.WorkerDone(rank, msg.outcomes, now))
             elif kind is Heartbeat:
-                self._apply(S.HeardFrom(rank, now))
+                self._apply(S.HeardFrom(rank, now, msg.done, msg.failed))
+            elif kind is LeaseEnded:
+                self._apply(S.LeaseEnded(rank, msg.lease, msg.done, msg.failed))
+            elif kind is DirectDone:
+                self._apply(S.DirectDone(rank, msg.client, msg.result, msg.kept))
             elif kind is PauseCores:
                 log.info("worker rank %d %s by the guard", rank,
                          "paused (the host wants its core)" if msg.paused
@@ -209,8 +222,11 @@ class Server:
                          msg.node, list(msg.cores), msg.detail.get("sandbox"),
                          msg.detail.get("cgroup"), msg.detail.get("guard"))
                 self.stores[rank] = msg.store
+                if msg.tasks is not None:
+                    self.task_ports[rank] = tuple(msg.tasks)
                 self._apply(S.WorkerJoined(rank, msg.node, msg.cores, msg.memory_budget, now,
-                                           msg.gpus, msg.store.machine if msg.store else ""))
+                                           msg.gpus, msg.store.machine if msg.store else "",
+                                           msg.tasks is not None))
             got = self.box.poll()
         return True
 
@@ -282,6 +298,14 @@ class Server:
                                                      ins.full))
             elif kind is S.DropObjects:
                 self._to_worker(ins.rank, DropObjects(ins.ids))
+            elif kind is S.GrantLease:   # the worker first: it must know the lease when the
+                self._to_worker(ins.rank, StartLease(ins.lease, ins.client, ins.timeout))
+                client = self.clients.get(ins.client)   # client's tasks come
+                if client is not None:
+                    host, port = self.task_ports[ins.rank]
+                    self._to_client(client, Lease(ins.lease, ins.rank, host, port))
+            elif kind is S.EndLease:
+                self._to_worker(ins.rank, EndLease(ins.lease))
             elif kind is S.Exit:
                 log.info("drained: every task has finished")
                 self.exiting = True

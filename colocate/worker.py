@@ -15,9 +15,13 @@ The rank also holds stored objects (:class:`~colocate.storeserver.StoreServer`, 
 threads on a data port): they live here, not in the child, so a crashing child loses none, and
 the child maps them read-only to call functions on them.
 
-Reads: ``Dispatch``, ``KillRunning``, ``DropObjects``, ``Shutdown`` from rank 0; outcomes from
-the child. Writes: ``WorkerHello``, ``Done`` (with the objects each task kept), ``Heartbeat``,
-``PauseCores`` to rank 0; work to the child.
+A client holding a lease on this rank sends its lone tasks to the rank's task port and gets
+their results from there (:class:`~colocate.lease.LeaseDesk`); they run in the same executor.
+
+Reads: ``Dispatch``, ``KillRunning``, ``DropObjects``, ``StartLease``, ``EndLease``,
+``Shutdown`` from rank 0; leased tasks from clients; outcomes from the child. Writes:
+``WorkerHello``, ``Done`` (with the objects each task kept), ``Heartbeat``, ``PauseCores``,
+``LeaseEnded``, ``DirectDone`` to rank 0; leased results to clients; work to the child.
 """
 
 from __future__ import annotations
@@ -34,16 +38,20 @@ from .bell import Bell
 from .confinement import Confinement
 from .executor import ExecutorProcess
 from .idle import Backoff
+from .lease import LeaseDesk
 from .messages import (
     Dispatch,
     Done,
     DropObjects,
+    EndLease,
     Heartbeat,
     KillRunning,
     Outcome,
     PauseCores,
     Shutdown,
+    StartLease,
     Status,
+    Work,
     WorkerHello,
     dumps,
 )
@@ -91,6 +99,7 @@ class Worker:
         self.paused_at: float | None = None
         self.widened: int | None = None   # gid of the multi-core task holding lent cores
         self.store: StoreServer | None = None
+        self.desk: LeaseDesk | None = None
 
     # ----- set-up --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -101,6 +110,10 @@ class Worker:
         self.store = StoreServer(token, self.rank, self.place.get("store_host", "127.0.0.1"),
                                  parse_size(self.cfg["store"]["pool"], key="store.pool"))
         self.store.start()
+        host = self.place.get("store_host", "127.0.0.1")
+        self.desk = LeaseDesk(token, host,
+                              (self.place["node"], self.rank, tuple(self.place["cores"])),
+                              self._send, self._catch_up)
         ctx = Context(world_id(token), token, self.place["node"], self.rank, self.store.address,
                       check_transport(self.cfg["store"]["transport"]))
         if self.inline:
@@ -122,7 +135,8 @@ class Worker:
             self.place["detail"].update(self.conf.describe())
         self._send(WorkerHello(self.rank, self.place["node"], tuple(self.place["cores"]),
                                self.place["memory_budget"], self.place["detail"],
-                               tuple(self.place.get("gpus", ())), self.store.address))
+                               tuple(self.place.get("gpus", ())), self.store.address,
+                               self.desk.address))
 
     # ----- loop ----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -139,15 +153,15 @@ class Worker:
                 self.conf.close()
             if self.store is not None:
                 self.store.close()
+            if self.desk is not None:
+                self.desk.close()
             self.box.flush(timeout=2.0)
 
     def _step(self) -> None:
-        got = self.box.poll()
-        while got is not None:
-            self._handle(got[1])
-            if not self.running:
-                return
-            got = self.box.poll()
+        self._catch_up()
+        if not self.running:
+            return
+        desk = self.desk
         child = self.child
         now = time.monotonic()
         guard_due = self.conf.tick(now) if self.conf is not None else float("inf")
@@ -158,11 +172,13 @@ class Worker:
                 wait = min(wait, deadline - now)
             if self.unsent:
                 wait = min(wait, self.unsent_since + COALESCE_WAIT - now)
-            ready, writable, _ = select.select([child.from_child, self.bell],
-                                               [child.to_child] if child.writing else [], [],
-                                               max(0.0, wait))
-            if writable:
+            ready, writable, _ = select.select(
+                [child.from_child, self.bell, *desk.readers()],
+                [child.to_child, *desk.writers()] if child.writing else desk.writers(), [],
+                max(0.0, wait))
+            if child.to_child in writable:
                 child.flush()
+            self._leased(ready, writable)
             if child.from_child in ready:
                 outcomes, died = child.collect()
                 if died is not None:
@@ -184,15 +200,35 @@ class Worker:
         else:
             self._report([], flush=True)
             delay = min(self.backoff.delay(now), guard_due)
-            if delay == 0.0:
+            if delay == 0.0 and not desk.conns:   # hot, and no leased client to listen to
                 os.sched_yield()
             else:
-                ready, _, _ = select.select([self.bell], [], [], delay)
-                if ready:
+                ready, writable, _ = select.select([self.bell, *desk.readers()],
+                                                   desk.writers(), [], delay)
+                if delay == 0.0 and not ready:
+                    os.sched_yield()
+                self._leased(ready, writable)
+                if self.bell in ready:
                     self._check_bell()
         if time.monotonic() - self.last_sent > self.heartbeat:
-            self._send(Heartbeat())
+            self._send(Heartbeat(*self.desk.tally()))
             self.store.trim()
+
+    def _catch_up(self) -> None:
+        """Handle every message rank 0 has sent so far."""
+        got = self.box.poll()
+        while got is not None:
+            self._handle(got[1])
+            if not self.running:
+                return
+            got = self.box.poll()
+
+    def _leased(self, ready: list, writable: list) -> None:
+        """Take leased clients' tasks from the task port (and push their results out)."""
+        work = self.desk.ready(ready, writable)
+        if work:
+            self.backoff.active()
+            self._run(work)
 
     def _check_bell(self) -> None:
         if self.bell.drain():
@@ -217,19 +253,11 @@ class Worker:
         self.backoff.active()
         kind = type(msg)
         if kind is Dispatch:
-            for work in msg.work:
-                if work.fn_bytes is not None:
-                    self.fn_store[work.fn_hash] = work.fn_bytes
-            if self.inline:
-                self._report([self._run_inline(w) for w in msg.work], flush=True)
-            else:
-                held = [w.memory for w, _ in self.child.held] + [w.memory for w in msg.work]
-                self.conf.limit_memory(None if None in held else max(held))
-                wide = [w for w in msg.work if w.cores]
-                if wide:   # the scheduler sends a multi-core task alone to an idle worker
-                    self.conf.widen(self.child.pid, wide[0].cores)
-                    self.widened = wide[0].gid
-                self.child.send(msg.work, self.fn_store)
+            self._run(msg.work)
+        elif kind is StartLease:
+            self.desk.start(msg)
+        elif kind is EndLease:
+            self.desk.end(msg.lease)
         elif kind is KillRunning:
             if self.child is not None and self.child.busy:
                 outcomes = self.child.cut_off(Status(msg.status), dumps("cut off by the drain"))
@@ -242,8 +270,24 @@ class Worker:
         else:
             log.error("rank %d: unexpected message %r", self.rank, kind.__name__)
 
+    def _run(self, work: list[Work]) -> None:
+        """Start work (from rank 0 or a leased client) in the executor, or inline."""
+        for w in work:
+            if w.fn_bytes is not None:
+                self.fn_store[w.fn_hash] = w.fn_bytes
+        if self.inline:
+            self._report([self._run_inline(w) for w in work], flush=True)
+            return
+        held = [w.memory for w, _ in self.child.held] + [w.memory for w in work]
+        self.conf.limit_memory(None if None in held else max(held))
+        wide = [w for w in work if w.cores]
+        if wide:   # the scheduler sends a multi-core task alone to an idle worker
+            self.conf.widen(self.child.pid, wide[0].cores)
+            self.widened = wide[0].gid
+        self.child.send(work, self.fn_store)
+
     def _report(self, outcomes: list[Outcome], flush: bool) -> None:
-        """Send outcomes to rank 0, holding short tasks' back briefly to share one message.
+        """Send outcomes to rank 0 (leased tasks' to their clients); short tasks' share messages.
 
         While the executor still holds work sent ahead, an outcome waits up to
         ``COALESCE_WAIT`` (or until ``COALESCE_MAX`` have gathered) for the next ones. ``flush``
@@ -251,21 +295,21 @@ class Worker:
         result is never delayed and nothing finished is held across a crash.
         """
         if outcomes:
+            for i, out in enumerate(outcomes):   # the objects each task kept go with it
+                kept = self.store.take_kept(out.gid)
+                if kept:
+                    outcomes[i] = out._replace(kept=kept)
+            outcomes, again = self.desk.route(outcomes)
+            if again:
+                self._run(again)
+        if outcomes:
             if not self.unsent:
                 self.unsent_since = time.monotonic()
             self.unsent += outcomes
         if self.unsent and (flush or len(self.unsent) >= COALESCE_MAX
                             or time.monotonic() - self.unsent_since >= COALESCE_WAIT):
             out, self.unsent = self.unsent, []
-            self._done(out)
-
-    def _done(self, outcomes: list[Outcome]) -> None:
-        """Report outcomes, each with the objects its task kept."""
-        for i, out in enumerate(outcomes):
-            kept = self.store.take_kept(out.gid)
-            if kept:
-                outcomes[i] = out._replace(kept=kept)
-        self._send(Done(outcomes))
+            self._send(Done(out))
 
     def _narrow(self, outcomes: list[Outcome]) -> None:
         """Give back lent cores once the multi-core task they served has ended."""
