@@ -158,6 +158,10 @@ def render_status(st: dict) -> str:
         task = "-" if w["current"] is None else str(w["current"])
         lines.append(f"{w['node']:<16} {w['rank']:>4} {cores:<10} {w['state']:<7} {task:>8} "
                      f"{w['ahead']:>5} {w['done']:>7} {w['failed']:>6}")
+    for w in st["workers"]:
+        if w.get("leased_to") is not None:
+            lines.append(f"rank {w['rank']} is leased to client {w['leased_to']}: its lone tasks "
+                         f"go there directly (counted in done/failed within a heartbeat)")
     for rank, why in st["lost"].items():
         lines.append(f"lost rank {rank}: {why}")
     for node, budget in st["node_budget"].items():

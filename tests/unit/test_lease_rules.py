@@ -247,3 +247,13 @@ def test_the_task_port_refuses_a_wrong_token():
     with pytest.raises(PermissionError, match="wrong token"):
         d.client(1, token="bad")
     assert d.desk.conns == []
+
+
+def test_status_says_which_client_holds_a_lease():
+    from colocate.cli import render_status
+    s = sched()
+    leased(s)
+    st = {**s.snapshot(), "address": "a", "uptime": 1.0, "clients_connected": 1}
+    text = render_status(st)
+    assert "leased" in text.splitlines()[2]
+    assert "rank 1 is leased to client 7" in text
