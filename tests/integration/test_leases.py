@@ -86,6 +86,8 @@ def test_lone_tasks_go_to_a_leased_worker_with_every_semantic_kept(world_factory
         with pytest.raises(SerializationError, match="pickle the result"):
             ex.submit(unpicklable).result(timeout=BOUND)
         assert ex.submit(add, 1, 1).result(timeout=BOUND) == 2
+        big = b"x" * (24 << 20)   # larger than any socket buffer, both ways: partial frames
+        assert ex.submit(add, big, b"y").result(timeout=BOUND) == big + b"y"
         assert lease_of(ex) is link, "the lease outlives errors, crashes and timeouts"
         # a task that keeps an object: its result comes through rank 0, which owns the object
         ref = ex.submit(keep_ones, 1000).result(timeout=BOUND)
