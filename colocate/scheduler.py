@@ -26,7 +26,9 @@ Leases: a client that sends one task at a time, alone in the world, gets a worke
 after :data:`LEASE_AFTER` such tasks; its lone tasks then go straight to that worker and back
 (:mod:`colocate.lease`), and the scheduler only counts the slot as taken. The lease ends (the
 worker finishes what runs and says so) as soon as anything else waits for a slot, the worker is
-paused, the client leaves, or the server drains.
+paused, the client leaves, or the server drains. A client whose lease had to give way waits for
+twice as many lone tasks before the next one (up to :data:`LEASE_AFTER_MAX`), so clients that
+take turns on too few workers stop trading leases back and forth.
 
 Its events and instructions are defined in :mod:`colocate._events` and re-exported here.
 """
@@ -83,7 +85,8 @@ from .store import human_size
 
 EWMA = 0.2   # weight of the newest run time in a function's average
 AHEAD_SECONDS = 0.02   # a worker holds at most about this much of a short function's work
-LEASE_AFTER = 2        # lone tasks in a row after which a client gets a lease
+LEASE_AFTER = 2        # lone tasks in a row after which a client gets a lease ...
+LEASE_AFTER_MAX = 1024  # ... doubled, up to this, each time its lease gives way to other work
 
 
 class _Task:
@@ -132,6 +135,7 @@ class _Worker:
     lease: int = 0                # the lease a client holds on it (0: none)
     lease_client: int | None = None
     lease_ending: bool = False    # EndLease sent, LeaseEnded not yet back
+    lease_wanted: bool = False    # ... because other work waited for the slot
 
 
 class Scheduler:
@@ -178,6 +182,7 @@ class Scheduler:
         self.leases = leases
         self.leased: dict[int, int] = {}   # client -> rank of its lease
         self.lone: dict[int, int] = {}     # client -> lone tasks in a row
+        self.lease_after: dict[int, int] = {}   # client -> lone tasks it needs for a lease
         self._lease_for: _Task | None = None
         self._next_lease = 1
 
@@ -221,6 +226,7 @@ class Scheduler:
 
     def _on_ClientLeft(self, ev: ClientLeft) -> None:
         self.lone.pop(ev.client, None)
+        self.lease_after.pop(ev.client, None)
         rank = self.leased.get(ev.client)
         if rank is not None:
             self._end_lease(self.workers[rank])
@@ -256,7 +262,7 @@ class Scheduler:
             self._next_gid += 1
             self.tasks[task.gid] = task
             queue.append(task)
-            if lone and self.lone[ev.client] >= LEASE_AFTER:
+            if lone and self.lone[ev.client] >= self.lease_after.get(ev.client, LEASE_AFTER):
                 self._lease_for = task
         if was_empty and queue:
             self.turn.append(ev.client)
@@ -390,11 +396,16 @@ class Scheduler:
         worker = self.workers.get(ev.rank)
         if worker is None or worker.lease != ev.lease:
             return
-        self.leased.pop(worker.lease_client, None)
-        self.lone.pop(worker.lease_client, None)
+        client = worker.lease_client
+        self.leased.pop(client, None)
+        self.lone.pop(client, None)
+        if worker.lease_wanted and client in self.queues:
+            self.lease_after[client] = min(2 * self.lease_after.get(client, LEASE_AFTER),
+                                           LEASE_AFTER_MAX)
         worker.done += ev.done
         worker.failed += ev.failed
-        worker.lease, worker.lease_client, worker.lease_ending = 0, None, False
+        worker.lease, worker.lease_client = 0, None
+        worker.lease_ending = worker.lease_wanted = False
 
     def _on_DirectDone(self, ev: DirectDone) -> None:
         worker = self.workers.get(ev.rank)
@@ -424,9 +435,11 @@ class Scheduler:
         self._out.append(GrantLease(task.client, worker.rank, worker.lease,
                                     self.default_timeout))
 
-    def _end_lease(self, worker: _Worker) -> None:
+    def _end_lease(self, worker: _Worker, wanted: bool = False) -> None:
+        """Ask the worker to end its lease; ``wanted``: because other work waits for the slot."""
         if worker.lease and not worker.lease_ending:
             worker.lease_ending = True
+            worker.lease_wanted = wanted
             self._out.append(EndLease(worker.rank, worker.lease))
 
     # ----- object store --------------------------------------------------------------------------
@@ -556,7 +569,7 @@ class Scheduler:
             self._out.append(SendWork(rank, work))
         if self.turn and self.leased:   # something waits: leased slots come back
             for worker in self.workers.values():
-                self._end_lease(worker)
+                self._end_lease(worker, wanted=True)
 
     def _usable(self, worker: _Worker) -> bool:
         return not worker.paused and worker.lent_to is None and not worker.lease

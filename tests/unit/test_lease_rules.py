@@ -257,3 +257,27 @@ def test_status_says_which_client_holds_a_lease():
     text = render_status(st)
     assert "leased" in text.splitlines()[2]
     assert "rank 1 is leased to client 7" in text
+
+
+def test_a_lease_that_gave_way_doubles_the_lone_tasks_needed_for_the_next():
+    s = sched()
+    leased(s)
+    s.handle(S.ClientJoined(8))
+    s.handle(S.Submitted(8, [TaskMsg(0, FN, None, b"x", TaskOptions())]))   # wants the slot
+    s.handle(S.LeaseEnded(1, 1))
+    s.handle(S.WorkerDone(1, [ok(2)]))
+    grants = []
+    for i in range(10, 16):   # client 7's lone tasks: the lease comes back on the fourth
+        out = s.handle(S.Submitted(7, [task(i)]))
+        grants.append(any(isinstance(x, S.GrantLease) for x in out))
+        for ins in out:
+            if isinstance(ins, S.SendWork):
+                s.handle(S.WorkerDone(1, [ok(w.gid) for w in ins.work]))
+        if grants[-1]:
+            break
+    assert grants == [False, False, False, True]
+    assert S.LEASE_AFTER == 2 and s.lease_after[7] == 4
+    # a lease that ends for another reason (a pause) does not raise it
+    s.handle(S.WorkerPaused(1, True))
+    s.handle(S.LeaseEnded(1, 2))
+    assert s.lease_after[7] == 4
