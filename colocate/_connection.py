@@ -17,10 +17,9 @@ that worker's task port; a lone task that needs nothing but a core then goes the
 skipping rank 0 (:mod:`colocate.lease`). When the lease is over (``LeaseOver``), tasks sent there
 without a result never ran, and go to rank 0.
 
-Object store: ``put`` asks rank 0 where the object goes (a ``PutRequest`` answered by a
-``PutReply``), then sends the data to that worker's data port itself (:mod:`colocate.datalink`);
-the connection keeps a registry of the refs this client owns and tells rank 0 (``FreeRefs``,
-sent by the connection thread) when the last one of an object is gone.
+Object store: puts and the registry of the refs this client owns are in
+:mod:`colocate._clientstore`; the connection thread sends what they queue (``FreeRefs``,
+``UsedAhead``). How a failed task becomes its future's exception: :mod:`colocate._outcomes`.
 """
 
 from __future__ import annotations
@@ -40,21 +39,16 @@ from typing import Any
 
 from . import address as addr
 from . import store
+from ._clientstore import StoreClient
+from ._outcomes import task_error, where
 from ._putahead import PutAhead
 from .bell import ring_up
-from .datalink import Reservation, send_commit
+from .datalink import send_commit
 from .errors import (
     AuthenticationError,
     BrokenWorld,
-    MemoryLimitExceeded,
     SerializationError,
     ServerUnavailable,
-    StoreFull,
-    TaskError,
-    TaskInterrupted,
-    TaskTimeout,
-    WorkerCrashed,
-    WorkerLost,
 )
 from .messages import (
     Bye,
@@ -63,8 +57,6 @@ from .messages import (
     FunctionPickler,
     Lease,
     LeaseOver,
-    PutReply,
-    PutRequest,
     Relayed,
     ResultMsg,
     Results,
@@ -79,7 +71,6 @@ from .messages import (
     dumps_plain_call,
     leasable,
     loads,
-    with_remote_traceback,
 )
 from .stream import Stream
 
@@ -128,7 +119,7 @@ class _LeaseLink:
         self.sent: dict[int, tuple[TaskMsg, bytes]] = {}   # id -> (task, its function's bytes)
 
 
-class Connection:
+class Connection(StoreClient):
     """One client connection to a server: the socket stream and the thread that owns it.
 
     Args:
@@ -362,131 +353,6 @@ class Connection:
         except OSError:
             pass
 
-    # ----- stored objects ------------------------------------------------------------------------
-    def put(self, obj: Any, node: str | None) -> store.Ref:
-        """Store ``obj`` on a worker (see :meth:`Executor.put`).
-
-        On the worker's machine the data is copied into a segment reserved for it, and the
-        put-ahead thread (:mod:`colocate._putahead`) sends the commit; with a segment reserved
-        ahead for this size, that copy is all the put waits for.
-        """
-        from .datalink import fill, put
-        meta, view = store.encode(obj)
-        nbytes = view.nbytes
-        res = self.ahead.take(node, nbytes)
-        if res is not None:
-            if fill(res, view):
-                self.used_ahead.append(res.id)   # told to rank 0 with the next message
-            else:   # its worker rank is gone: the ordinary way below says so, or works
-                self.release(res.id)
-                res = None
-        if res is None:
-            reply = self._grant(nbytes, node)
-            try:
-                res = self._reserve(reply, nbytes)
-                if res is None or not fill(res, view):   # another machine (or a rank just lost)
-                    oid, fd = put(self.world, reply.where, reply.rank, reply.node, reply.ref_id,
-                                  meta, view)
-                    return self._owned(store.Ref(self.world, oid, reply.node, reply.rank, nbytes,
-                                                 meta, reply.where, fd))
-            except BaseException:
-                self.release(reply.ref_id)
-                raise
-        self.ahead.put_done(node, res, meta)   # commits, and reserves the next one ahead
-        return self._owned(store.Ref(self.world, res.id, res.node, res.rank, nbytes, meta,
-                                     res.where, res.fd))
-
-    def _owned(self, ref: store.Ref) -> store.Ref:
-        self.own(ref)
-        return ref
-
-    def _grant(self, nbytes: int, node: str | None, ahead: bool = False,
-               count: int = 1) -> PutReply:
-        """Ask rank 0 for an object id and room for ``nbytes`` (giving spares back if full)."""
-        from .datalink import machine_id
-        while True:
-            req = next(self.req_ids)
-            reply = self.request(PutRequest(req, nbytes, node, machine_id(), ahead, count),
-                                 PutReply,
-                                 match=lambda r, req=req: r.req == req)
-            if not (reply.error and reply.full and not ahead and self.ahead.give_back()):
-                break   # granted, or refused with no spare left to give back (a spare itself
-                # never makes room for one: the put-ahead thread would wait for itself)
-        if reply.error:
-            if reply.full:
-                raise StoreFull(reply.error)
-            raise ValueError(f"cannot put: {reply.error}")
-        return reply
-
-    def _reserve(self, reply: PutReply, nbytes: int) -> Reservation | None:
-        """A segment for the granted object, if it can be filled from here (same machine)."""
-        from .datalink import can_reserve, reserve
-        if not can_reserve(self.world, reply.where, nbytes):
-            return None
-        return reserve(self.world, reply.where, reply.rank, reply.node, reply.ref_id, nbytes)
-
-    def _reserve_ahead(self, node: str | None, nbytes: int, count: int) -> list[Reservation]:
-        """Up to ``count`` spares for the next puts of ``nbytes`` (the put-ahead thread's)."""
-        from .datalink import can_reserve, reserve_many
-        reply = self._grant(nbytes, node, ahead=True, count=count)
-        ids = [reply.ref_id, *reply.more]
-        spares: list[Reservation] = []
-        try:
-            if can_reserve(self.world, reply.where, nbytes):
-                spares = reserve_many(self.world, reply.where, reply.rank, reply.node, ids,
-                                      nbytes)
-        finally:
-            if not spares:
-                for oid in ids:
-                    self.release(oid)
-        return spares
-
-    def own(self, ref: store.Ref) -> None:
-        """Make this connection the owner of ``ref``: its object goes when ``ref`` does."""
-        with self.refs_lock:
-            self.refs[ref.id] = weakref.ref(ref)
-        fin = weakref.finalize(ref, self.release, ref.id)
-        fin.atexit = False   # at exit the server frees everything of a departing client
-        ref._owner = fin
-
-    def adopt_ref(self, fields: tuple) -> store.Ref:
-        """A ``Ref`` unpickled from a result: the live owned one with its id, or a new owner."""
-        if fields[0] == self.world:
-            with self.refs_lock:
-                known = self.refs.get(fields[1])
-                ref = known() if known is not None else None
-            if ref is not None:
-                return ref
-            ref = store.Ref(*fields)
-            self.own(ref)
-            return ref
-        return store.Ref(*fields)
-
-    def release(self, oid: int) -> None:
-        """The last owned ``Ref`` of ``oid`` is gone: ask rank 0 to free it (never blocks).
-
-        Runs in weakref finalizers, at any point of any thread: it takes no lock.
-        """
-        known = self.refs.get(oid)
-        if known is not None and known() is None:
-            self.refs.pop(oid, None)
-        self.to_free.append(oid)
-        self._wake()
-
-    def free(self, ref: store.Ref) -> None:
-        """Free ``ref``'s object now (see :meth:`Executor.free`)."""
-        if ref._freed:
-            return
-        with self.refs_lock:
-            known = self.refs.pop(ref.id, None)
-        for r in (ref, known() if known is not None else None):
-            if r is not None and r.world == self.world:
-                r._freed = True
-                if r._owner is not None:
-                    r._owner.detach()
-                    r._owner = None
-        self.release(ref.id)
-
     def _streams(self) -> list[Stream]:
         link = self.lease
         return [self.stream] if link is None else [self.stream, link.stream]
@@ -705,7 +571,7 @@ class Connection:
     def _settle(self, fut: Future, res: ResultMsg) -> None:
         try:
             if res.status != Status.OK:
-                fut.set_exception(self._error(fut, res))
+                fut.set_exception(task_error(fut._label, res, self.address.size))
                 return
             with store.adopting(self):
                 value = loads(res.payload)
@@ -713,48 +579,9 @@ class Connection:
             fut.set_exception(SerializationError(
                 f"cannot unpickle the result of {fut._label} in the client: "
                 f"{type(e).__name__}: {e}", stage="result", side="client",
-                task=fut._label, worker=_where(res.info)))
+                task=fut._label, worker=where(res.info)))
             return
         fut.set_result(value)
-
-    def _error(self, fut: Future, res: ResultMsg) -> BaseException:
-        info = res.info
-        where = _where(info)
-        attempts = info.attempts if info else 1
-        kw = {"task": fut._label, "worker": where, "attempts": attempts}
-        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
-        status = Status(res.status)
-        if status in (Status.RAISED, Status.BAD_INPUT, Status.BAD_RESULT):
-            exc, tb = loads(res.payload)
-            header = f"worker {where} of a world of {self.address.size} ranks"
-            if status == Status.RAISED:
-                return with_remote_traceback(exc, tb, header)
-            stage = "arguments" if status == Status.BAD_INPUT else "result"
-            verb = "unpickle the function or arguments" if stage == "arguments" else (
-                "pickle the result")
-            err = SerializationError(f"the worker could not {verb} of {fut._label}: "
-                                     f"{type(exc).__name__}: {exc}", stage=stage, side="worker",
-                                     **kw)
-            return with_remote_traceback(err, tb, header)
-        detail = loads(res.payload) if res.payload else None
-        if status == Status.CRASHED:
-            return WorkerCrashed(f"{fut._label}: the executor process died with "
-                                 f"{_exit_text(detail)} on {where}{tries}; it was restarted",
-                                 exitcode=detail, **kw)
-        if status == Status.TIMEOUT:
-            return TaskTimeout(f"{fut._label}: ran longer than its {detail:g} s timeout on "
-                               f"{where}{tries}; the executor was killed and restarted", **kw)
-        if status == Status.MEMORY:
-            limit = f" of {detail} bytes" if detail else ""
-            return MemoryLimitExceeded(f"{fut._label}: exceeded its memory limit{limit} on "
-                                       f"{where}{tries}", **kw)
-        if status == Status.LOST:
-            return WorkerLost(f"{fut._label}: {detail}{tries}", **kw)
-        if status == Status.INTERRUPTED:
-            return TaskInterrupted(f"{fut._label}: interrupted ({detail})", **kw)
-        if status == Status.CANCELLED:
-            return TaskInterrupted(f"{fut._label}: cancelled before it started", **kw)
-        return TaskError(f"{fut._label}: {detail}", **kw)
 
     def _break(self, exc: BrokenWorld) -> None:
         with self.lock:
@@ -769,20 +596,6 @@ class Connection:
             if not fut.done():
                 if fut.running() or fut.set_running_or_notify_cancel():
                     fut.set_exception(exc)
-
-
-def _where(info: TaskInfo | None) -> str:
-    return info.where() if info else "no worker"
-
-
-def _exit_text(code: Any) -> str:
-    import signal
-    if isinstance(code, int) and code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name} (exit status {code})"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
 
 
 def _drain(items: deque) -> list:

@@ -10,8 +10,9 @@ What it keeps:
     ahead), the functions it has cached, its node and cores;
   * per function: a moving average of its run time, which decides whether tasks are sent ahead;
   * per node: the memory reserved by running tasks against the node's budget for functions;
-  * the object store's bookkeeping: which worker rank holds each object, for which client, and
-    its size, counted against the same per-node budget (the data never passes through here).
+  * the object store's books (:mod:`colocate._storebook`, a mixin): which worker rank holds
+    each object, for which client, and its size, counted against the same per-node budget (the
+    data never passes through here).
 
 Decisions it makes: placement (warm worker first, then least loaded; a task asking for k cores or
 for GPUs runs alone on an idle worker while k-1 other idle workers of its node lend their cores,
@@ -36,7 +37,7 @@ Its events and instructions are defined in :mod:`colocate._events` and re-export
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
     AheadUsed,
@@ -69,6 +70,7 @@ from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
     WorkerLost,
     WorkerPaused,
 )
+from ._storebook import StoreBook, _Object
 from .messages import (
     RETRYABLE,
     Outcome,
@@ -81,7 +83,6 @@ from .messages import (
     dumps,
     leasable,
 )
-from .store import human_size
 
 EWMA = 0.2   # weight of the newest run time in a function's average
 AHEAD_SECONDS = 0.02   # a worker holds at most about this much of a short function's work
@@ -108,15 +109,6 @@ class _Task:
         self.prefer: str | None = msg.prefer
 
 
-@dataclass(frozen=True, slots=True)
-class _Object:
-    client: int
-    rank: int
-    node: str
-    nbytes: int
-    ahead: bool = False   # granted ahead of a put (budget held, no data yet)
-
-
 @dataclass
 class _Worker:
     rank: int
@@ -138,7 +130,7 @@ class _Worker:
     lease_wanted: bool = False    # ... because other work waited for the slot
 
 
-class Scheduler:
+class Scheduler(StoreBook):
     """Queues, placement, retries and the drain for one colocate world.
 
     Args:
@@ -442,87 +434,6 @@ class Scheduler:
             worker.lease_wanted = wanted
             self._out.append(EndLease(worker.rank, worker.lease))
 
-    # ----- object store --------------------------------------------------------------------------
-    def _on_PutRequested(self, ev: PutRequested) -> None:
-        def refuse(reason: str, full: bool = False) -> None:
-            self._out.append(PutRefused(ev.client, ev.req, reason, full))
-
-        if self.draining:
-            return refuse("the server is draining")
-        if ev.client not in self.queues:
-            return refuse("unknown client")
-        if ev.nbytes < 0:
-            return refuse(f"a size of {ev.nbytes} bytes")
-        nodes = sorted({w.node for w in self.workers.values()})
-        if not nodes:
-            return refuse("no worker rank is left in the world")
-        if ev.node is not None and ev.node not in nodes:
-            return refuse(f"no worker rank on node {ev.node!r}; the nodes are {nodes}")
-        candidates = [ev.node] if ev.node is not None else nodes
-        fitting = [n for n in candidates if self._room(n) >= ev.nbytes]
-        if not fitting:
-            node = max(candidates, key=self._room)
-            ahead = sum(o.nbytes for o in self.objects.values() if o.ahead and o.node == node)
-            return refuse(
-                f"cannot store {ev.nbytes} bytes ({human_size(ev.nbytes)}) on node {node}: its "
-                f"memory budget for functions is {self.node_budget[node]} bytes "
-                f"({human_size(self.node_budget[node])}), of which "
-                f"{self.node_stored[node]} are held by stored objects "
-                f"({ahead} of them set aside for clients' next puts) and "
-                f"{self.node_reserved[node]} reserved by running tasks "
-                f"({max(0, self._room(node))} free); free objects you no longer need, put it "
-                f"on another node, or raise co_location.memory_budget", full=True)
-        near = {w.node for w in self.workers.values() if ev.near and w.machine == ev.near}
-        node = max(fitting, key=lambda n: (n in near, self._room(n)))
-        worker = min((w for w in self.workers.values() if w.node == node),
-                     key=lambda w: (w.stored, w.rank))
-        count = 1
-        if ev.ahead and ev.count > 1 and ev.nbytes > 0:   # spares: as many as fit
-            count = max(1, min(ev.count, self._room(node) // ev.nbytes))
-        ids = []
-        for _ in range(count):
-            ids.append(self._next_ref << 16)   # worker-made ids end in their rank, never 0
-            self._next_ref += 1
-            self._add_object(ids[-1], _Object(ev.client, worker.rank, node, ev.nbytes, ev.ahead))
-        self._out.append(PutGranted(ev.client, ev.req, ids[0], worker.rank, node,
-                                    tuple(ids[1:])))
-
-    def _on_FreeRequested(self, ev: FreeRequested) -> None:
-        self._free(ev.ids)
-
-    def _on_AheadUsed(self, ev: AheadUsed) -> None:
-        for oid in ev.ids:
-            obj = self.objects.get(oid)
-            if obj is not None and obj.client == ev.client:
-                self.objects[oid] = replace(obj, ahead=False)
-
-    def _kept(self, worker: _Worker, task: _Task | None, out: Outcome) -> None:
-        """Objects a task stored with ``keep()``: its client owns them if it gets the result."""
-        wanted = task is not None and task.client is not None and out.status == Status.OK
-        for oid, nbytes in out.kept:
-            if wanted:
-                self._add_object(oid, _Object(task.client, worker.rank, worker.node, nbytes))
-            else:
-                self._drops.setdefault(worker.rank, []).append(oid)
-
-    def _add_object(self, oid: int, obj: _Object) -> None:
-        self.objects[oid] = obj
-        self.node_stored[obj.node] += obj.nbytes
-        worker = self.workers.get(obj.rank)
-        if worker is not None:
-            worker.stored += obj.nbytes
-
-    def _free(self, ids: list[int]) -> None:
-        for oid in ids:
-            obj = self.objects.pop(oid, None)
-            if obj is None:
-                continue
-            self.node_stored[obj.node] -= obj.nbytes
-            worker = self.workers.get(obj.rank)
-            if worker is not None:
-                worker.stored -= obj.nbytes
-                self._drops.setdefault(obj.rank, []).append(oid)
-
     # ----- placement -----------------------------------------------------------------------------
     def _dispatch(self) -> None:
         if self.draining or not self.workers:
@@ -625,10 +536,6 @@ class Scheduler:
     def _memory_fits(self, worker: _Worker, task: _Task) -> bool:
         memory = task.opts.memory
         return not memory or memory <= self._room(worker.node)
-
-    def _room(self, node: str) -> int:
-        """Bytes of the node's budget not reserved by running tasks nor held by objects."""
-        return self.node_budget[node] - self.node_reserved[node] - self.node_stored[node]
 
     def _cannot_run(self, msg: TaskMsg) -> str:
         if msg.fn_hash not in self.fns:

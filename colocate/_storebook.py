@@ -1,0 +1,117 @@
+"""The scheduler's object-store books: which worker rank holds each object, whose it is, how big.
+
+Part of :class:`colocate.scheduler.Scheduler` (a mixin: it works on the scheduler's state,
+``workers``, ``queues``, ``objects``, ``node_budget``/``node_reserved``/``node_stored``,
+``_drops`` and ``_out``). Only these records pass through rank 0, never the data: a ``put`` is
+granted an id and a worker rank here, and the client sends the bytes to that rank itself.
+Objects count against the same per-node memory budget as the memory reserved by running tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from ._events import AheadUsed, FreeRequested, PutGranted, PutRefused, PutRequested
+from .messages import Outcome, Status
+from .store import human_size
+
+if TYPE_CHECKING:
+    from .scheduler import _Task, _Worker
+
+
+@dataclass(frozen=True, slots=True)
+class _Object:
+    client: int
+    rank: int
+    node: str
+    nbytes: int
+    ahead: bool = False   # granted ahead of a put (budget held, no data yet)
+
+
+class StoreBook:
+    """Object-store events and records of the scheduler (see the module docstring)."""
+
+    def _on_PutRequested(self, ev: PutRequested) -> None:
+        def refuse(reason: str, full: bool = False) -> None:
+            self._out.append(PutRefused(ev.client, ev.req, reason, full))
+
+        if self.draining:
+            return refuse("the server is draining")
+        if ev.client not in self.queues:
+            return refuse("unknown client")
+        if ev.nbytes < 0:
+            return refuse(f"a size of {ev.nbytes} bytes")
+        nodes = sorted({w.node for w in self.workers.values()})
+        if not nodes:
+            return refuse("no worker rank is left in the world")
+        if ev.node is not None and ev.node not in nodes:
+            return refuse(f"no worker rank on node {ev.node!r}; the nodes are {nodes}")
+        candidates = [ev.node] if ev.node is not None else nodes
+        fitting = [n for n in candidates if self._room(n) >= ev.nbytes]
+        if not fitting:
+            node = max(candidates, key=self._room)
+            ahead = sum(o.nbytes for o in self.objects.values() if o.ahead and o.node == node)
+            return refuse(
+                f"cannot store {ev.nbytes} bytes ({human_size(ev.nbytes)}) on node {node}: its "
+                f"memory budget for functions is {self.node_budget[node]} bytes "
+                f"({human_size(self.node_budget[node])}), of which "
+                f"{self.node_stored[node]} are held by stored objects "
+                f"({ahead} of them set aside for clients' next puts) and "
+                f"{self.node_reserved[node]} reserved by running tasks "
+                f"({max(0, self._room(node))} free); free objects you no longer need, put it "
+                f"on another node, or raise co_location.memory_budget", full=True)
+        near = {w.node for w in self.workers.values() if ev.near and w.machine == ev.near}
+        node = max(fitting, key=lambda n: (n in near, self._room(n)))
+        worker = min((w for w in self.workers.values() if w.node == node),
+                     key=lambda w: (w.stored, w.rank))
+        count = 1
+        if ev.ahead and ev.count > 1 and ev.nbytes > 0:   # spares: as many as fit
+            count = max(1, min(ev.count, self._room(node) // ev.nbytes))
+        ids = []
+        for _ in range(count):
+            ids.append(self._next_ref << 16)   # worker-made ids end in their rank, never 0
+            self._next_ref += 1
+            self._add_object(ids[-1], _Object(ev.client, worker.rank, node, ev.nbytes, ev.ahead))
+        self._out.append(PutGranted(ev.client, ev.req, ids[0], worker.rank, node,
+                                    tuple(ids[1:])))
+
+    def _on_FreeRequested(self, ev: FreeRequested) -> None:
+        self._free(ev.ids)
+
+    def _on_AheadUsed(self, ev: AheadUsed) -> None:
+        for oid in ev.ids:
+            obj = self.objects.get(oid)
+            if obj is not None and obj.client == ev.client:
+                self.objects[oid] = replace(obj, ahead=False)
+
+    def _kept(self, worker: _Worker, task: _Task | None, out: Outcome) -> None:
+        """Objects a task stored with ``keep()``: its client owns them if it gets the result."""
+        wanted = task is not None and task.client is not None and out.status == Status.OK
+        for oid, nbytes in out.kept:
+            if wanted:
+                self._add_object(oid, _Object(task.client, worker.rank, worker.node, nbytes))
+            else:
+                self._drops.setdefault(worker.rank, []).append(oid)
+
+    def _add_object(self, oid: int, obj: _Object) -> None:
+        self.objects[oid] = obj
+        self.node_stored[obj.node] += obj.nbytes
+        worker = self.workers.get(obj.rank)
+        if worker is not None:
+            worker.stored += obj.nbytes
+
+    def _free(self, ids: list[int]) -> None:
+        for oid in ids:
+            obj = self.objects.pop(oid, None)
+            if obj is None:
+                continue
+            self.node_stored[obj.node] -= obj.nbytes
+            worker = self.workers.get(obj.rank)
+            if worker is not None:
+                worker.stored -= obj.nbytes
+                self._drops.setdefault(obj.rank, []).append(oid)
+
+    def _room(self, node: str) -> int:
+        """Bytes of the node's budget not reserved by running tasks nor held by objects."""
+        return self.node_budget[node] - self.node_reserved[node] - self.node_stored[node]
