@@ -26,6 +26,8 @@ from colocate.stream import Stream
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 BOUND = 60
+# the random mix's two clients (LEASE_MIX_SEEDS=3,4 to try others)
+SEEDS = tuple(int(s) for s in os.environ.get("LEASE_MIX_SEEDS", "1,2").split(","))
 
 
 def add(a, b=0):
@@ -206,4 +208,72 @@ def test_the_lease_setting_turns_leases_off(world_factory):
         for i in range(5):
             assert ex.submit(add, i).result(timeout=BOUND) == i
         assert lease_of(ex) is None and ex.status()["leases"] == 0
+    assert world.stop() == 0, world.log()
+
+
+def pick(kind, i):
+    """A task of the mix: its result is known in advance (crashes: WorkerCrashed)."""
+    if kind == "crash":
+        return crash, ()
+    if kind == "raise":
+        return fail, (f"k{i}",)
+    if kind == "nap":
+        return nap, (0.002,)
+    return add, (i, 1)
+
+
+@pytest.mark.timeout(240)
+def test_a_random_mix_of_lone_tasks_batches_and_crashes_loses_and_doubles_nothing(
+        world_factory):
+    """Two clients with a thread each mix lone tasks (which earn and use leases), batches (which
+    end them), crashes and errors on two workers; every future gets exactly its own outcome."""
+    import random
+    world = world_factory(3)
+    kinds = ["add"] * 14 + ["nap"] * 3 + ["raise", "crash"]
+
+    def check(fut, kind, i):
+        if kind == "crash":
+            assert isinstance(fut.exception(timeout=BOUND), WorkerCrashed)
+        elif kind == "raise":
+            with pytest.raises(KeyError, match=f"k{i}"):
+                fut.result(timeout=BOUND)
+        elif kind == "nap":
+            assert fut.result(timeout=BOUND) == 0.002
+        else:
+            assert fut.result(timeout=BOUND) == i + 1
+
+    errors: list = []
+    leases_seen = [0, 0]
+
+    def client(seed, slot):
+        rng = random.Random(seed)
+        try:
+            with Executor(address=world.address) as ex:
+                for step in range(300):
+                    if rng.random() < 0.8:   # a lone task
+                        kind = rng.choice(kinds)
+                        fn, args = pick(kind, step)
+                        check(ex.submit(fn, *args), kind, step)
+                    else:                    # a small batch
+                        futs = []
+                        for j in range(5):
+                            kind, i = rng.choice(kinds), step * 100 + j
+                            fn, args = pick(kind, i)
+                            futs.append((ex.submit(fn, *args), kind, i))
+                        for fut, k, i in futs:
+                            check(fut, k, i)
+                    leases_seen[slot] += lease_of(ex) is not None
+        except BaseException as e:   # noqa: BLE001 - reported by the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(seed, slot))
+               for slot, seed in enumerate(SEEDS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(200)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    if errors:
+        raise errors[0]
+    assert sum(leases_seen) > 0, "the mix never used a lease"
     assert world.stop() == 0, world.log()
