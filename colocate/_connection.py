@@ -223,7 +223,7 @@ class Connection(StoreClient):
             direct = not self.outbox and not self.inflight
             msg = TaskMsg(next(self.ids), fn_hash, None, payload, opts,
                           store.preferred_node(refs))
-            link = self.lease if direct and leasable(msg) else None
+            link = self.lease if direct and self.lease is not None and leasable(msg) else None
             sent_fns = self.sent_fns if link is None else link.fns
             if fn_hash not in sent_fns:
                 sent_fns.add(fn_hash)
@@ -512,21 +512,28 @@ class Connection(StoreClient):
         if stream.closed:   # without LeaseOver: the worker rank is gone
             self._lease_lost(link)
 
-    def _lease_over(self, link: _LeaseLink) -> None:
-        """The lease ended: what we sent without a result never ran; rank 0 runs it."""
+    def _detach(self, link: _LeaseLink) -> list[tuple[TaskMsg, bytes]]:
+        """Forget ``link`` and close it; returns what was sent over it without a result."""
         with self.lock:
             if self.lease is link:
                 self.lease = None
-            again = []
-            for msg, fn_bytes in link.sent.values():
+            sent = list(link.sent.values())
+            link.sent.clear()
+        link.stream.close()
+        return sent
+
+    def _lease_over(self, link: _LeaseLink) -> None:
+        """The lease ended: what we sent without a result never ran; rank 0 runs it."""
+        sent = self._detach(link)
+        again = []
+        with self.lock:
+            for msg, fn_bytes in sent:
                 if msg.fn_hash not in self.sent_fns:
                     self.sent_fns.add(msg.fn_hash)
                     msg = msg._replace(fn_bytes=fn_bytes)
                 elif msg.fn_bytes is not None:
                     msg = msg._replace(fn_bytes=None)
                 again.append(msg)
-            link.sent.clear()
-        link.stream.close()
         if again:
             with self.send_lock:
                 self.stream.send(Submit(again))
@@ -535,15 +542,12 @@ class Connection(StoreClient):
                 self._wake()
 
     def _lease_lost(self, link: _LeaseLink) -> None:
-        with self.lock:
-            if self.lease is link:
-                self.lease = None
-            ids = list(link.sent)
-            link.sent.clear()
-        link.stream.close()
         why = dumps(f"worker rank {link.rank}, leased to this client, closed the connection "
-                    f"while the task ran (its process exited or the world is stopping)")
-        self._complete([ResultMsg(i, Status.LOST, why, None) for i in ids])
+                    f"while the task ran (its process exited or the world is stopping); "
+                    f"submit it again, or give it retries (a task with retries never goes "
+                    f"to a leased worker, and rank 0 retries it)")
+        self._complete([ResultMsg(msg.id, Status.LOST, why, None)
+                        for msg, _ in self._detach(link)])
 
     def _drop_lease(self) -> None:
         with self.lock:

@@ -13,11 +13,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ._events import AheadUsed, FreeRequested, PutGranted, PutRefused, PutRequested
-from .messages import Outcome, Status
 from .store import human_size
 
 if TYPE_CHECKING:
-    from .scheduler import _Task, _Worker
+    from .scheduler import _Worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +84,15 @@ class StoreBook:
             if obj is not None and obj.client == ev.client:
                 self.objects[oid] = replace(obj, ahead=False)
 
-    def _kept(self, worker: _Worker, task: _Task | None, out: Outcome) -> None:
-        """Objects a task stored with ``keep()``: its client owns them if it gets the result."""
-        wanted = task is not None and task.client is not None and out.status == Status.OK
-        for oid, nbytes in out.kept:
-            if wanted:
-                self._add_object(oid, _Object(task.client, worker.rank, worker.node, nbytes))
+    def _kept(self, worker: _Worker, owner: int | None,
+              kept: tuple[tuple[int, int], ...]) -> None:
+        """Objects a task stored with ``keep()``: ``owner``'s, else (None) dropped at once.
+
+        The owner is the task's client if it gets an OK result; otherwise nobody can reach them.
+        """
+        for oid, nbytes in kept:
+            if owner is not None:
+                self._add_object(oid, _Object(owner, worker.rank, worker.node, nbytes))
             else:
                 self._drops.setdefault(worker.rank, []).append(oid)
 

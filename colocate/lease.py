@@ -62,9 +62,8 @@ class _Conn:
 
 @dataclass(frozen=True)
 class _Running:
-    conn: _Conn
+    conn: _Conn           # (its lease: conn.lease)
     cid: int              # the client's task id
-    lease: int
     work: Work
 
 
@@ -127,7 +126,7 @@ class LeaseDesk:
         """End ``lease`` now if nothing of it runs, else when its running task is done."""
         state = self.leases.get(lease)
         if state is None:   # never started here (or already over)
-            self.send(LeaseEnded(lease, 0))
+            self.send(LeaseEnded(lease))
             return
         state.ending = True
         if not state.running:
@@ -152,14 +151,16 @@ class LeaseDesk:
                 again.append(run.work)
                 continue
             del self.running[out.gid]
-            state = self.leases[run.lease]
+            lease = run.conn.lease
+            state = self.leases[lease]
             info = TaskInfo(node, rank, cores, out.started, out.finished, 1)
             result = ResultMsg(run.cid, out.status, out.payload, info)
+            listening = not run.conn.over and not run.conn.stream.closed
             if out.kept:   # rank 0 records the objects, then delivers
                 self.send(DirectDone(state.client, result, out.kept))
-                if not run.conn.over and not run.conn.stream.closed:
+                if listening:
                     run.conn.stream.send(Relayed([run.cid]))
-            elif not run.conn.over and not run.conn.stream.closed:
+            elif listening:
                 run.conn.stream.send(Results([result]))
             state.running -= 1
             if out.status == Status.OK:
@@ -167,7 +168,7 @@ class LeaseDesk:
             else:
                 self.failed += 1
             if state.ending and not state.running:
-                self._finish(run.lease)
+                self._finish(lease)
         return rest, again
 
     def tally(self) -> tuple[int, int]:
@@ -218,7 +219,7 @@ class LeaseDesk:
                 timeout = task.options.timeout if task.options.timeout is not None else (
                     state.timeout)
                 w = Work(next(self._gids), task.fn_hash, task.fn_bytes, task.args, timeout, None)
-                self.running[w.gid] = _Running(conn, task.id, conn.lease, w)
+                self.running[w.gid] = _Running(conn, task.id, w)
                 state.running += 1
                 work.append(w)
         return work

@@ -307,7 +307,8 @@ class Scheduler(StoreBook):
         for out in ev.outcomes:
             task = worker.assigned.pop(out.gid, None)
             if out.kept:
-                self._kept(worker, task, out)
+                owner = task.client if task is not None and out.status == Status.OK else None
+                self._kept(worker, owner, out.kept)
             if task is None:
                 continue
             cores = task.cores or worker.cores
@@ -405,11 +406,7 @@ class Scheduler(StoreBook):
             return
         known = ev.client in self.queues
         ok = ev.result.status == Status.OK
-        for oid, nbytes in ev.kept:
-            if known and ok:
-                self._add_object(oid, _Object(ev.client, worker.rank, worker.node, nbytes))
-            else:
-                self._drops.setdefault(worker.rank, []).append(oid)
+        self._kept(worker, ev.client if known and ok else None, ev.kept)
         if known:
             self._deliver(ev.client, ev.result)
 

@@ -107,10 +107,10 @@ class Worker:
         co = self.cfg["co_location"]
         token = self.place.get("token", "")
         from .colocation.units import parse_size
-        self.store = StoreServer(token, self.rank, self.place.get("store_host", "127.0.0.1"),
+        host = self.place.get("store_host", "127.0.0.1")   # data port and task port
+        self.store = StoreServer(token, self.rank, host,
                                  parse_size(self.cfg["store"]["pool"], key="store.pool"))
         self.store.start()
-        host = self.place.get("store_host", "127.0.0.1")
         self.desk = LeaseDesk(token, host,
                               (self.place["node"], self.rank, tuple(self.place["cores"])),
                               self._send, self._catch_up)
