@@ -345,6 +345,14 @@ class Connection(StoreClient):
         if self.thread.is_alive() and not wait:
             return
 
+    def hang_up(self) -> None:
+        """End the connection now, without waiting for tasks (the process is exiting)."""
+        try:
+            self.stream.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._wake()
+
     def _wake(self) -> None:
         if self.wake_closed:
             return

@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="configuration file (see colocate/defaults.yaml)")
     s.add_argument("--address-file", help="where to write the address (default: "
                    "server.address_file)")
+    s.add_argument("--owner", metavar="PID[:START]",
+                   help="stop the world when process PID exits or closes its connection "
+                   "(Executor() passes its own pid and start time for the local world it "
+                   "starts); without it, the world runs until stopped")
 
     for name, text in (("stop", "stop a running server"), ("status", "show a server's state")):
         c = sub.add_parser(name, help=text)
@@ -92,10 +96,32 @@ def _serve(args: argparse.Namespace) -> int:
     # is being set up is kept and acted on once it is, rather than killing this rank in the
     # middle of a collective and leaving the others hung in it.
     early = EarlySignals()
-    from . import config
-    from .world import serve
+    from . import _owner, config
     cfg = config.load(args.config)
-    return serve(cfg, args.address_file or cfg["server"]["address_file"], early_signals=early)
+    try:
+        owner = None if args.owner is None else _owner.parse(args.owner)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    from . import comm
+    from .world import serve
+    try:
+        return serve(cfg, args.address_file or cfg["server"]["address_file"],
+                     early_signals=early, owner=owner)
+    except Exception as e:
+        _, rank, size = comm.world()
+        if size < 2:
+            raise
+        # Returning would leave this rank in MPI's finalize and the others waiting for it in
+        # set-up: the whole world ends here, with the reason.
+        code = EXIT_INVALID if isinstance(e, ConfigError) else EXIT_FAILED
+        what = str(e) if isinstance(e, ColocateError) else f"{type(e).__name__}: {e}"
+        print(f"colocate serve: error on rank {rank} of {size}: {what}\n"
+              "colocate serve: ending the whole world", file=sys.stderr, flush=True)
+        if not isinstance(e, ColocateError):
+            import traceback
+            traceback.print_exc()
+        comm.abort(code)
+        raise
 
 
 class EarlySignals:

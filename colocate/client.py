@@ -82,9 +82,10 @@ class Executor(cf.Executor):
             self._conn = Connection(where, transport)
         except BaseException:
             if self._world is not None:
-                self._world.proc.terminate()
                 self._world.stop()
             raise
+        if self._world is not None:
+            self._world.hang_up = self._conn.hang_up
         self._owner = True
 
     # ----- concurrent.futures API ----------------------------------------------------------------
@@ -144,19 +145,24 @@ class Executor(cf.Executor):
         self._shutdown = True
         if not self._owner:
             return
-        if cancel_futures:
-            self._conn.cancel_queued()
-        self._conn.close(wait=wait)
-        if self._world is not None:
-            if wait:
-                self._stop_world()
-            else:
-                threading.Thread(target=self._stop_world, daemon=True).start()
+        try:
+            if cancel_futures:
+                self._conn.cancel_queued()
+            self._conn.close(wait=wait)
+        finally:
+            # Whatever happened to the connection, a world of ours must stop (it also stops by
+            # itself once our connection closes, or this process exits: colocate._owner).
+            if self._world is not None:
+                if wait:
+                    self._stop_world()
+                else:
+                    threading.Thread(target=self._stop_world, daemon=True).start()
 
     def _stop_world(self) -> None:
-        self._conn.thread.join()
-        self._world.proc.terminate()   # SIGTERM to mpiexec: it forwards to every rank
-        self._world.stop()
+        try:
+            self._conn.thread.join()
+        finally:
+            self._world.stop()
 
     # ----- colocate extensions -------------------------------------------------------------------
     def options(self, *, timeout: float | None = ..., retries: int = ..., cores: int = ...,

@@ -87,7 +87,8 @@ LAUNCHER_VARIABLES = (
 
 # COLOCATE_* variables that are not settings (read elsewhere, documented there).
 _NOT_SETTINGS = frozenset({"COLOCATE_ADDRESS", "COLOCATE_NODE_NAME", "COLOCATE_MPIEXEC",
-                           "COLOCATE_LOG", "COLOCATE_CHILD", *LAUNCHER_VARIABLES})
+                           "COLOCATE_LOG", "COLOCATE_CHILD", "COLOCATE_LOCAL_WORLD",
+                           *LAUNCHER_VARIABLES})
 
 
 def _split_env(name: str) -> tuple[str, str]:

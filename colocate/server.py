@@ -27,6 +27,7 @@ from typing import Any
 
 from . import comm as mpi
 from . import scheduler as S
+from ._owner import OwnerWatch
 from .address import Address
 from .bell import Bell, answer
 from .idle import Backoff
@@ -68,6 +69,7 @@ class _Client:
     id: int
     stream: Stream
     who: str
+    owner: bool = False   # a connection of the process that owns this (local) world
 
 
 class Server:
@@ -80,10 +82,13 @@ class Server:
         address: what goes into the address file (port name, bell address, token).
         worker_bells: ``{rank: Bell}`` for every worker rank, connected during set-up.
         expect_clients: stop once this many clients have connected and all have left.
+        owner: the process that owns this world (``serve --owner``): stop as soon as it exits,
+            or once it has connected and all its connections have closed.
     """
 
     def __init__(self, comm: Any, cfg: dict, listener: Any, address: Address,
-                 worker_bells: dict[int, Bell], expect_clients: int | None = None) -> None:
+                 worker_bells: dict[int, Bell], expect_clients: int | None = None,
+                 owner: OwnerWatch | None = None) -> None:
         srv = cfg["server"]
         self.comm = comm
         self.cfg = cfg
@@ -110,6 +115,7 @@ class Server:
         self.started = time.time()
         self.expect_clients = expect_clients
         self.clients_seen = 0
+        self.owner = owner
 
     def await_workers(self, count: int, timeout: float) -> None:
         """Wait until ``count`` workers have introduced themselves (before the address is out).
@@ -150,6 +156,8 @@ class Server:
         """Serve until drained or stopped, then shut every worker down."""
         last_tick = time.monotonic()
         draining = False
+        if self.owner is not None and self.owner.gone():
+            self._owner_gone()
         try:
             while not self.exiting and not self.stop_now:
                 if self.drain_deadline is not None and not draining:
@@ -169,6 +177,8 @@ class Server:
                 if now - last_tick > self.heartbeat:
                     last_tick = now
                     self._apply(S.Tick(now))
+                    if self.owner is not None and self.owner.fd is None and self.owner.gone():
+                        self._owner_gone()
                 self._wait(self.backoff.delay(now))
         finally:
             self._shutdown()
@@ -176,6 +186,8 @@ class Server:
     def _wait(self, delay: float) -> None:
         streams = [c.stream for c in self.clients.values()]
         readers = [self.listener, *self.worker_bells.values(), *streams]
+        if self.owner is not None and self.owner.fd is not None:
+            readers.append(self.owner)
         writers = [st for st in streams if st.pending]
         try:
             ready, writable, _ = select.select(readers, writers, [], delay)
@@ -190,6 +202,8 @@ class Server:
                 self._new_connection()
             elif isinstance(fd, Stream):
                 self._client_input(fd)
+            elif fd is self.owner:
+                self._owner_gone()
             elif not fd.drain():
                 self._bell_closed(fd)
             else:
@@ -340,7 +354,8 @@ class Server:
             log.info("refused a client: the server is draining")
             return
         who = f"pid {hello.get('pid')} on {hello.get('host')}"
-        client = _Client(self.next_client, Stream(sock), who)
+        owner = self.owner is not None and hello.get("pid") == self.owner.pid
+        client = _Client(self.next_client, Stream(sock), who, owner)
         self.next_client += 1
         self.clients_seen += 1
         self.clients[client.id] = client
@@ -364,6 +379,17 @@ class Server:
                 and not self.clients):
             log.info("every embedded client has left: stopping")
             self.stop_now = True
+        if client.owner and not any(c.owner for c in self.clients.values()):
+            log.info("the owner of this world (pid %d) closed its connection: stopping",
+                     self.owner.pid)
+            self.stop_now = True
+
+    def _owner_gone(self) -> None:
+        """The process that started this world exited: no one is left to take results."""
+        if not self.stop_now:
+            log.warning("the owner of this world (pid %d) exited: stopping, running tasks are "
+                        "cut off", self.owner.pid)
+        self.stop_now = True
 
     def _shutdown(self) -> None:
         for client in list(self.clients.values()):

@@ -8,6 +8,7 @@ uses the same pieces on a sub-communicator.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -88,7 +89,8 @@ def spare_cores(cfg: dict) -> tuple[list[int], str]:
 
 def serve(cfg: dict, address_file: str | None, comm: Any = None,
           on_ready: Callable[[Address], None] | None = None,
-          expect_clients: int | None = None, early_signals: Any = None) -> int:
+          expect_clients: int | None = None, early_signals: Any = None,
+          owner: tuple[int, float | None] | None = None) -> int:
     """Run this rank's part of ``colocate serve``; returns the exit code.
 
     Args:
@@ -99,6 +101,8 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         expect_clients: stop once this many clients have come and gone (embedding).
         early_signals: what kept SIGTERM and SIGINT since before MPI started (``.received``):
             rank 0 drains once the world is up; worker ranks ignore them (rank 0 decides).
+        owner: ``(pid, start time)`` of the process that owns this world (``serve --owner``):
+            rank 0 stops the world when it exits (:mod:`colocate._owner`).
     """
     if comm is None:
         comm, rank, size = mpi.world()
@@ -125,8 +129,10 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         address = Address.new(host, listener.getsockname()[1], size, address_file or "")
         comm.bcast(address, root=0)
         worker_bells = _collect_worker_bells(listener, address.token, size - 1)
+        from ._owner import OwnerWatch
         from .server import Server
-        server = Server(comm, cfg, listener, address, worker_bells, expect_clients)
+        watch = None if owner is None else OwnerWatch(*owner)
+        server = Server(comm, cfg, listener, address, worker_bells, expect_clients, watch)
         server.await_workers(size - 1, WORKER_RING_TIMEOUT)
         if expect_clients is None:
             server.install_signal_handlers(early_signals.received if early_signals else [])
@@ -140,6 +146,11 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         finally:
             if address_file:
                 address.remove()
+                if watch is not None:   # a local world's private directory, now empty
+                    with contextlib.suppress(OSError):
+                        os.rmdir(os.path.dirname(address.path))
+            if watch is not None:
+                watch.close()
             listener.close()
         log.info("stopped")
         return 0
