@@ -22,8 +22,8 @@ What it keeps:
     cached it): per load level, the usable workers filed there and a heap of their join numbers
     (entries of workers that moved are dropped lazily, when they reach the top);
   * per node, the cores of its idle usable workers; a heap of nodes by the join number of their
-    first idle worker (all nodes, and those with GPUs), refreshed for the nodes changed since
-    the last multi-core or GPU task;
+    first idle worker (all nodes, and those with a free GPU), refreshed for the nodes changed
+    since the last multi-core or GPU task;
   * a heap of nodes by free memory, refreshed likewise, to find the nodes a reservation fits.
 
 A worker's move costs O(1 + functions it cached). A one-core task without a reservation costs
@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from heapq import heapify, heappop, heappush
 from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -139,7 +140,9 @@ class Placement:
         self.idle_cores: dict[str, int] = {}
         self.gpu_nodes: set[str] = set()
         self.by_first_idle: list[tuple[int, str]] = []       # (join number, node), lazy
-        self.gpu_by_first_idle: list[tuple[int, str]] = []
+        self.first_idle: dict[str, int] = {}                 # ... and the valid entries
+        self.gpu_by_first_idle: list[tuple[int, str]] = []   # (those with a free GPU)
+        self.gpu_first_idle: dict[str, int] = {}
         self.by_room: list[tuple[int, str]] = []             # (-free bytes, node), lazy
         self.changed: set[str] = set()        # nodes whose first idle worker may have changed
         self.room_changed: set[str] = set()   # nodes whose free memory may have changed
@@ -164,27 +167,45 @@ class Placement:
         """Forget a worker that is lost (or replaced)."""
         self._unfile(worker)
         worker.level = -1
+        self.changed.add(worker.node)
 
     def refile(self, worker: _Worker) -> None:
         """File the worker under its load now, or nowhere when it is not usable."""
         level = (len(worker.assigned) if not worker.paused and worker.lent_to is None
                  and not worker.lease else -1)
-        if level == worker.level:
+        old = worker.level
+        if level == old:
             return
-        self._unfile(worker)
+        # (the hot path of every decision: _Levels.add and .remove, inlined)
+        seq, node = worker.seq, worker.node
+        pools = (self.all, self.nodes[node], *[self.warm[fn] for fn in worker.fns])
+        if old >= 0:
+            for levels in pools:
+                members = levels.members[old]
+                if members.pop(seq, None) is not None and not members:
+                    levels.heaps[old].clear()
+            if old == 0:
+                self.idle_cores[node] -= len(worker.cores)
+                self.changed.add(node)
         worker.level = level
         if level < 0:
             return
-        self.all.add(level, worker)
-        self.nodes[worker.node].add(level, worker)
-        for fn in worker.fns:
-            self.warm[fn].add(level, worker)
+        for levels in pools:
+            if len(levels.members) <= level:
+                levels.add(level, worker)
+                continue
+            members, heap = levels.members[level], levels.heaps[level]
+            members[seq] = worker
+            heappush(heap, seq)
+            if len(heap) > 2 * len(members) + 16:
+                heap[:] = members
+                heapify(heap)
         if level == 0:
-            self.idle_cores[worker.node] += len(worker.cores)
-            self.changed.add(worker.node)
+            self.idle_cores[node] += len(worker.cores)
+            self.changed.add(node)
 
     def warmed(self, worker: _Worker, fn: bytes) -> None:
-        """The worker has just cached ``fn`` (it is in ``worker.fns`` now)."""
+        """The worker has just cached ``fn`` (call before it is refiled)."""
         levels = self.warm.get(fn)
         if levels is None:
             levels = self.warm[fn] = _Levels()
@@ -195,12 +216,10 @@ class Placement:
         level = worker.level
         if level < 0:
             return
-        self.all.remove(level, worker)
-        self.nodes[worker.node].remove(level, worker)
-        for fn in worker.fns:
-            levels = self.warm[fn]
-            if level < len(levels.members) and worker.seq in levels.members[level]:
-                levels.remove(level, worker)
+        for levels in (self.all, self.nodes[worker.node], *[self.warm[fn] for fn in worker.fns]):
+            members = levels.members[level]
+            if members.pop(worker.seq, None) is not None and not members:
+                levels.heaps[level].clear()
         if level == 0:
             self.idle_cores[worker.node] -= len(worker.cores)
             self.changed.add(worker.node)
@@ -296,27 +315,34 @@ class Placement:
 
     # ----- tasks that run alone ------------------------------------------------------------------
     def exclusive_nodes(self, gpus: bool) -> Iterator[str]:
-        """Nodes with an idle usable worker, in the join order of their first one."""
-        for node in self.changed:
+        """Nodes with an idle usable worker (and a free GPU), in join order of their first one."""
+        for node in self.changed:   # (re-file the nodes changed since the last call)
             first = self.nodes[node].first(0)
-            if first is not None:
-                heappush(self.by_first_idle, (first.seq, node))
-                if node in self.gpu_nodes:
-                    heappush(self.gpu_by_first_idle, (first.seq, node))
+            seq = None if first is None else first.seq
+            self._note_first(self.by_first_idle, self.first_idle, node, seq)
+            if node in self.gpu_nodes:
+                self._note_first(self.gpu_by_first_idle, self.gpu_first_idle, node,
+                                 seq if self.gpus_free[node] else None)
         self.changed.clear()
-        heap = self.gpu_by_first_idle if gpus else self.by_first_idle
-        if len(heap) > 2 * len(self.nodes) + 16:
-            heap[:] = [(w.seq, n) for n, lv in self.nodes.items() if (w := lv.first(0))
-                       and (not gpus or n in self.gpu_nodes)]
+        heap, filed = ((self.gpu_by_first_idle, self.gpu_first_idle) if gpus
+                       else (self.by_first_idle, self.first_idle))
+        if len(heap) > 2 * len(filed) + 16:
+            heap[:] = [(seq, n) for n, seq in filed.items()]
             heapify(heap)
-        seen = set()
+        while heap and filed.get(heap[0][1]) != heap[0][0]:
+            heappop(heap)
         for seq, node in in_order(heap):
-            if node in seen:
-                continue
-            first = self.nodes[node].first(0)
-            if first is not None and first.seq == seq:
-                seen.add(node)
+            if filed.get(node) == seq:
                 yield node
+
+    @staticmethod
+    def _note_first(heap: list[tuple[int, str]], filed: dict[str, int], node: str,
+                    seq: int | None) -> None:
+        if seq is None:
+            filed.pop(node, None)
+        elif filed.get(node) != seq:
+            filed[node] = seq
+            heappush(heap, (seq, node))
 
     def idle_on(self, node: str) -> list[_Worker]:
         """The idle usable workers of ``node``."""
@@ -345,8 +371,13 @@ class Placing:
                     or index.idle_cores[node] < max(1, opts.cores)
                     or (opts.memory and opts.memory > self._room(node))):
                 continue
-            free = sorted(index.idle_on(node),
-                          key=lambda w: (0 if task.fn_hash in w.fns else 1, w.rank))
+            idle = index.idle_on(node)
+            fn = task.fn_hash
+            if opts.cores <= 1:   # (one worker: the first of the sort below, without a sort)
+                warm = [w for w in idle if fn in w.fns]
+                return (min(warm or idle, key=attrgetter("rank")), [],
+                        self.gpus_free[node][:opts.gpus])
+            free = sorted(idle, key=lambda w: (0 if fn in w.fns else 1, w.rank))
             chosen: list[_Worker] = []
             have = 0
             for w in free:

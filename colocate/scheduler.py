@@ -182,12 +182,16 @@ class Scheduler(StoreBook, Placing):
         self._next_lease = 1
         self._index = Placement(self._room, self.gpus_free)
         self._limits: tuple[int, int, int] | None = None   # most cores, GPUs, budget of a node
+        self._handlers: dict[type, object] = {}   # event type -> its _on_ method
 
     # ----- entry point ---------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Instruction]:
         """Apply one event and return what the server loop must do, in order."""
-        method = getattr(self, "_on_" + type(event).__name__)
-        method(event)
+        kind = type(event)
+        method = self._handlers.get(kind)
+        if method is None:
+            method = self._handlers[kind] = getattr(type(self), "_on_" + kind.__name__)
+        method(self, event)
         for task in reversed(self._returning):   # back to the front, in their old order
             queue = self.queues[task.client]
             if not queue:
@@ -334,7 +338,7 @@ class Scheduler(StoreBook, Placing):
                 old = self.mean_runtime.get(task.fn_hash)
                 self.mean_runtime[task.fn_hash] = took if old is None else (
                     old + EWMA * (took - old))
-            if self._should_retry(task, out):
+            if out.status != Status.OK and self._should_retry(task, out):
                 self.retried += 1
                 self._requeue(task)
                 continue
@@ -451,7 +455,7 @@ class Scheduler(StoreBook, Placing):
 
     # ----- placement -----------------------------------------------------------------------------
     def _dispatch(self) -> None:
-        if self.draining or not self.workers:
+        if self.draining or not self.workers or not self.turn:
             return
         batches: dict[int, list[Work]] = {}
         blocked = 0
@@ -483,8 +487,10 @@ class Scheduler(StoreBook, Placing):
                     self._index.refile(h)
                 task.cores = tuple(sorted(c for w in (worker, *helpers) for c in w.cores))
             task.gpus = tuple(gpus)
-            for g in gpus:
-                self.gpus_free[worker.node].remove(g)
+            if gpus:
+                for g in gpus:
+                    self.gpus_free[worker.node].remove(g)
+                self._index.changed.add(worker.node)
             fn_bytes = None
             if task.fn_hash not in worker.fns:
                 fn_bytes = self.fns[task.fn_hash]
@@ -536,6 +542,7 @@ class Scheduler(StoreBook, Placing):
             free = set(self.gpus_free[worker.node]) | set(task.gpus)
             self.gpus_free[worker.node] = [g for g in self.node_gpus[worker.node] if g in free]
             task.gpus = ()
+            self._index.changed.add(worker.node)
 
     def _requeue(self, task: _Task) -> None:
         if task.client is None:
