@@ -158,6 +158,7 @@ class Placement:
         if worker.node not in self.nodes:
             self.nodes[worker.node] = _Levels()
             self.idle_cores[worker.node] = 0
+        worker.pools = (self.all, self.nodes[worker.node])
         if gpus:
             self.gpu_nodes.add(worker.node)
         self.room_changed.add(worker.node)
@@ -178,7 +179,7 @@ class Placement:
             return
         # (the hot path of every decision: _Levels.add and .remove, inlined)
         seq, node = worker.seq, worker.node
-        pools = (self.all, self.nodes[node], *[self.warm[fn] for fn in worker.fns])
+        pools = worker.pools
         if old >= 0:
             for levels in pools:
                 members = levels.members[old]
@@ -211,12 +212,13 @@ class Placement:
             levels = self.warm[fn] = _Levels()
         if worker.level >= 0:
             levels.add(worker.level, worker)
+        worker.pools = (*worker.pools, levels)
 
     def _unfile(self, worker: _Worker) -> None:
         level = worker.level
         if level < 0:
             return
-        for levels in (self.all, self.nodes[worker.node], *[self.warm[fn] for fn in worker.fns]):
+        for levels in worker.pools:
             members = levels.members[level]
             if members.pop(worker.seq, None) is not None and not members:
                 levels.heaps[level].clear()

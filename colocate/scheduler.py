@@ -131,6 +131,7 @@ class _Worker:
     lease_wanted: bool = False    # ... because other work waited for the slot
     seq: int = 0                  # join order (ties in placement go to the earlier)
     level: int = -1               # the load it is filed under in the placement indexes (-1: not)
+    pools: tuple = ()             # the placement indexes it is filed in (_placement._Levels)
 
 
 class Scheduler(StoreBook, Placing):
