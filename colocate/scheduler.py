@@ -21,7 +21,8 @@ memory kills and lost workers while ``retries`` last; raised exceptions only whe
 ``retry_on``), the drain, declaring silent workers lost, and where a ``put`` goes (the asked
 node, else the client's own machine when it has room, else the node with the most room; there
 the worker holding the fewest bytes). A task whose arguments hold refs prefers the node that
-holds most of their bytes.
+holds most of their bytes. Placement looks workers up in indexes kept as events arrive
+(:mod:`colocate._placement`), never by a scan of every worker: a decision costs O(log W).
 
 Leases: a client that sends one task at a time, alone in the world, gets a worker slot of its own
 after :data:`LEASE_AFTER` such tasks; its lone tasks then go straight to that worker and back
