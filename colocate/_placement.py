@@ -379,7 +379,10 @@ class Placing:
                 warm = [w for w in idle if fn in w.fns]
                 return (min(warm or idle, key=attrgetter("rank")), [],
                         self.gpus_free[node][:opts.gpus])
-            free = sorted(idle, key=lambda w: (0 if fn in w.fns else 1, w.rank))
+            warm = [w for w in idle if fn in w.fns]   # warm first, then by rank:
+            free = sorted(warm, key=attrgetter("rank"))
+            if sum(len(w.cores) for w in warm) < opts.cores:
+                free += sorted((w for w in idle if fn not in w.fns), key=attrgetter("rank"))
             chosen: list[_Worker] = []
             have = 0
             for w in free:
