@@ -99,6 +99,7 @@ class StoreBook:
     def _add_object(self, oid: int, obj: _Object) -> None:
         self.objects[oid] = obj
         self.node_stored[obj.node] += obj.nbytes
+        self._index.room_changed.add(obj.node)
         worker = self.workers.get(obj.rank)
         if worker is not None:
             worker.stored += obj.nbytes
@@ -109,6 +110,7 @@ class StoreBook:
             if obj is None:
                 continue
             self.node_stored[obj.node] -= obj.nbytes
+            self._index.room_changed.add(obj.node)
             worker = self.workers.get(obj.rank)
             if worker is not None:
                 worker.stored -= obj.nbytes

@@ -21,7 +21,8 @@ memory kills and lost workers while ``retries`` last; raised exceptions only whe
 ``retry_on``), the drain, declaring silent workers lost, and where a ``put`` goes (the asked
 node, else the client's own machine when it has room, else the node with the most room; there
 the worker holding the fewest bytes). A task whose arguments hold refs prefers the node that
-holds most of their bytes.
+holds most of their bytes. Placement looks workers up in indexes kept as events arrive
+(:mod:`colocate._placement`), never by a scan of every worker: a decision costs O(log W).
 
 Leases: a client that sends one task at a time, alone in the world, gets a worker slot of its own
 after :data:`LEASE_AFTER` such tasks; its lone tasks then go straight to that worker and back
@@ -70,6 +71,7 @@ from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
     WorkerLost,
     WorkerPaused,
 )
+from ._placement import Placement, Placing
 from ._storebook import StoreBook, _Object
 from .messages import (
     RETRYABLE,
@@ -128,9 +130,12 @@ class _Worker:
     lease_client: int | None = None
     lease_ending: bool = False    # EndLease sent, LeaseEnded not yet back
     lease_wanted: bool = False    # ... because other work waited for the slot
+    seq: int = 0                  # join order (ties in placement go to the earlier)
+    level: int = -1               # the load it is filed under in the placement indexes (-1: not)
+    pools: tuple = ()             # the placement indexes it is filed in (_placement._Levels)
 
 
-class Scheduler(StoreBook):
+class Scheduler(StoreBook, Placing):
     """Queues, placement, retries and the drain for one colocate world.
 
     Args:
@@ -177,12 +182,18 @@ class Scheduler(StoreBook):
         self.lease_after: dict[int, int] = {}   # client -> lone tasks it needs for a lease
         self._lease_for: _Task | None = None
         self._next_lease = 1
+        self._index = Placement(self._room, self.gpus_free)
+        self._limits: tuple[int, int, int] | None = None   # most cores, GPUs, budget of a node
+        self._handlers: dict[type, object] = {}   # event type -> its _on_ method
 
     # ----- entry point ---------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Instruction]:
         """Apply one event and return what the server loop must do, in order."""
-        method = getattr(self, "_on_" + type(event).__name__)
-        method(event)
+        kind = type(event)
+        method = self._handlers.get(kind)
+        if method is None:
+            method = self._handlers[kind] = getattr(type(self), "_on_" + kind.__name__)
+        method(self, event)
         for task in reversed(self._returning):   # back to the front, in their old order
             queue = self.queues[task.client]
             if not queue:
@@ -276,14 +287,20 @@ class Scheduler(StoreBook):
             self.turn.remove(ev.client)
 
     def _on_WorkerJoined(self, ev: WorkerJoined) -> None:
-        self.workers[ev.rank] = _Worker(ev.rank, ev.node, tuple(ev.cores), ev.now,
-                                        machine=ev.machine, leases=ev.leases)
+        old = self.workers.get(ev.rank)
+        if old is not None:   # (it keeps its place in the join order)
+            self._index.leave(old)
+        worker = self.workers[ev.rank] = _Worker(ev.rank, ev.node, tuple(ev.cores), ev.now,
+                                                 machine=ev.machine, leases=ev.leases)
         self.node_budget[ev.node] = ev.memory_budget
         self.node_reserved.setdefault(ev.node, 0)
         self.node_stored.setdefault(ev.node, 0)
         if ev.node not in self.node_gpus:
             self.node_gpus[ev.node] = tuple(ev.gpus)
             self.gpus_free[ev.node] = list(ev.gpus)
+        self._index.join(worker, bool(self.node_gpus[ev.node]),
+                         None if old is None else old.seq)
+        self._limits = None
 
     def _on_HeardFrom(self, ev: HeardFrom) -> None:
         worker = self.workers.get(ev.rank)
@@ -296,6 +313,7 @@ class Scheduler(StoreBook):
         worker = self.workers.get(ev.rank)
         if worker is not None:
             worker.paused = ev.paused
+            self._index.refile(worker)
             if ev.paused:
                 self._end_lease(worker)
 
@@ -322,7 +340,7 @@ class Scheduler(StoreBook):
                 old = self.mean_runtime.get(task.fn_hash)
                 self.mean_runtime[task.fn_hash] = took if old is None else (
                     old + EWMA * (took - old))
-            if self._should_retry(task, out):
+            if out.status != Status.OK and self._should_retry(task, out):
                 self.retried += 1
                 self._requeue(task)
                 continue
@@ -333,6 +351,7 @@ class Scheduler(StoreBook):
             info = TaskInfo(worker.node, worker.rank, cores, out.started, out.finished,
                             task.attempts)
             self._finish(task, ResultMsg(task.cid, out.status, out.payload, info))
+        self._index.refile(worker)
 
     def _on_WorkerLost(self, ev: WorkerLost) -> None:
         worker = self.workers.pop(ev.rank, None)
@@ -340,15 +359,18 @@ class Scheduler(StoreBook):
             return
         self.lost[ev.rank] = ev.reason
         self._out.append(ForgetWorker(ev.rank, ev.reason))
+        self._index.leave(worker)
+        self._limits = None
         if worker.lease:   # (its client sees the connection close and fails what it sent)
             self.leased.pop(worker.lease_client, None)
         for oid in [i for i, o in self.objects.items() if o.rank == ev.rank]:
             obj = self.objects.pop(oid)
             self.node_stored[obj.node] -= obj.nbytes
             self.objects_lost += 1
-        for task in self.tasks.values():   # it may have been lending its cores
-            if worker in task.helpers:
-                task.helpers.remove(worker)
+        self._index.room_changed.add(worker.node)
+        served = self.tasks.get(worker.lent_to) if worker.lent_to is not None else None
+        if served is not None and worker in served.helpers:   # it was lending its cores
+            served.helpers.remove(worker)
         for i, task in enumerate(list(worker.assigned.values())):
             self._release(worker, task)
             if i > 0:   # sent ahead, never started
@@ -399,6 +421,7 @@ class Scheduler(StoreBook):
         worker.failed += ev.failed
         worker.lease, worker.lease_client = 0, None
         worker.lease_ending = worker.lease_wanted = False
+        self._index.refile(worker)
 
     def _on_DirectDone(self, ev: DirectDone) -> None:
         worker = self.workers.get(ev.rank)
@@ -420,6 +443,7 @@ class Scheduler(StoreBook):
             return
         worker.lease, worker.lease_client = self._next_lease, task.client
         self._next_lease += 1
+        self._index.refile(worker)
         self.leased[task.client] = worker.rank
         self._out.append(GrantLease(task.client, worker.rank, worker.lease,
                                     self.default_timeout))
@@ -433,7 +457,7 @@ class Scheduler(StoreBook):
 
     # ----- placement -----------------------------------------------------------------------------
     def _dispatch(self) -> None:
-        if self.draining or not self.workers:
+        if self.draining or not self.workers or not self.turn:
             return
         batches: dict[int, list[Work]] = {}
         blocked = 0
@@ -456,19 +480,25 @@ class Scheduler(StoreBook):
             worker.assigned[task.gid] = task
             if task.opts.memory:
                 self.node_reserved[worker.node] += task.opts.memory
+                self._index.room_changed.add(worker.node)
             task.helpers = helpers
             task.cores = ()
             if helpers:
                 for h in helpers:
                     h.lent_to = task.gid
+                    self._index.refile(h)
                 task.cores = tuple(sorted(c for w in (worker, *helpers) for c in w.cores))
             task.gpus = tuple(gpus)
-            for g in gpus:
-                self.gpus_free[worker.node].remove(g)
+            if gpus:
+                for g in gpus:
+                    self.gpus_free[worker.node].remove(g)
+                self._index.changed.add(worker.node)
             fn_bytes = None
             if task.fn_hash not in worker.fns:
                 fn_bytes = self.fns[task.fn_hash]
                 worker.fns.add(task.fn_hash)
+                self._index.warmed(worker, task.fn_hash)
+            self._index.refile(worker)
             timeout = task.opts.timeout if task.opts.timeout is not None else self.default_timeout
             batches.setdefault(worker.rank, []).append(
                 Work(task.gid, task.fn_hash, fn_bytes, task.args, timeout, task.opts.memory,
@@ -476,11 +506,9 @@ class Scheduler(StoreBook):
         for rank, work in batches.items():
             self._out.append(SendWork(rank, work))
         if self.turn and self.leased:   # something waits: leased slots come back
-            for worker in self.workers.values():
+            for worker in sorted((self.workers[r] for r in self.leased.values()),
+                                 key=lambda w: w.seq):
                 self._end_lease(worker, wanted=True)
-
-    def _usable(self, worker: _Worker) -> bool:
-        return not worker.paused and worker.lent_to is None and not worker.lease
 
     def _place(self, task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
         """Choose where ``task`` runs: a worker, the workers lending it cores, its GPUs."""
@@ -491,74 +519,8 @@ class Scheduler(StoreBook):
         depth = 1
         if mean is not None and mean < self.prefetch_below:   # short: send some ahead, up to
             depth = max(1, min(self.prefetch, round(AHEAD_SECONDS / max(mean, 1e-6))))   # ~20 ms
-        best: _Worker | None = None
-        best_key: tuple[int, int, int] | None = None
-        for worker in self.workers.values():
-            load = len(worker.assigned)
-            if not self._usable(worker) or load >= depth or not self._memory_fits(worker, task):
-                continue
-            remote = 0 if task.prefer is None or worker.node == task.prefer else 1
-            key = (remote, load, 0 if task.fn_hash in worker.fns else 1)
-            if best_key is None or key < best_key:
-                best, best_key = worker, key
+        best = self._index.best(task.fn_hash, depth, task.prefer, opts.memory)
         return None if best is None else (best, [], [])
-
-    def _place_exclusive(self, task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
-        """Place a task that needs several cores or GPUs: alone, with lent cores.
-
-        It runs on an idle worker of a node where enough other idle workers lend their cores
-        and enough GPUs are free.
-        """
-        opts = task.opts
-        idle: dict[str, list[_Worker]] = {}
-        for worker in self.workers.values():
-            if self._usable(worker) and not worker.assigned:
-                idle.setdefault(worker.node, []).append(worker)
-        for node, free in sorted(idle.items(), key=lambda kv: kv[0] != task.prefer):
-            if len(self.gpus_free.get(node, ())) < opts.gpus:
-                continue
-            free.sort(key=lambda w: (0 if task.fn_hash in w.fns else 1, w.rank))
-            chosen: list[_Worker] = []
-            have = 0
-            for w in free:
-                if have >= opts.cores:
-                    break
-                chosen.append(w)
-                have += len(w.cores)
-            if have < opts.cores or not self._memory_fits(chosen[0], task):
-                continue
-            return chosen[0], chosen[1:], self.gpus_free[node][:opts.gpus]
-        return None
-
-    def _memory_fits(self, worker: _Worker, task: _Task) -> bool:
-        memory = task.opts.memory
-        return not memory or memory <= self._room(worker.node)
-
-    def _cannot_run(self, msg: TaskMsg) -> str:
-        if msg.fn_hash not in self.fns:
-            return "the function was never sent to this server (client protocol error)"
-        opts = msg.options
-        if not self.workers or (opts.cores <= 1 and not opts.gpus and not opts.memory):
-            return ""   # (any worker can run it: the common case, checked per task)
-        per_node: dict[str, int] = {}
-        for w in self.workers.values():
-            per_node[w.node] = per_node.get(w.node, 0) + len(w.cores)
-        most_cores = max(per_node.values())
-        if opts.cores > most_cores:
-            return (f"the task asks for {opts.cores} cores, but the most any node offers is "
-                    f"{most_cores} (its worker ranks' spare cores); ask for fewer cores or "
-                    f"start more worker ranks per node")
-        most_gpus = max((len(g) for g in self.node_gpus.values()), default=0)
-        if opts.gpus > most_gpus:
-            return (f"the task asks for {opts.gpus} GPU(s), but the most any node has is "
-                    f"{most_gpus}; check `colocate info` or co_location.gpus")
-        if opts.memory:
-            budget = max(self.node_budget.values())
-            if opts.memory > budget:
-                return (f"the task asks for {opts.memory} bytes of memory, but the largest "
-                        f"node budget for functions is {budget} bytes; ask for less or raise "
-                        f"co_location.memory_budget")
-        return ""
 
     # ----- helpers -------------------------------------------------------------------------------
     def _should_retry(self, task: _Task, out: Outcome) -> bool:
@@ -573,13 +535,16 @@ class Scheduler(StoreBook):
         task.rank = None
         if task.opts.memory:
             self.node_reserved[worker.node] -= task.opts.memory
+            self._index.room_changed.add(worker.node)
         for h in task.helpers:
             h.lent_to = None
+            self._index.refile(h)
         task.helpers = []
         if task.gpus:   # back in inventory order, so GPU ids come out predictably
             free = set(self.gpus_free[worker.node]) | set(task.gpus)
             self.gpus_free[worker.node] = [g for g in self.node_gpus[worker.node] if g in free]
             task.gpus = ()
+            self._index.changed.add(worker.node)
 
     def _requeue(self, task: _Task) -> None:
         if task.client is None:
