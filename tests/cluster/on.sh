@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Run a command on a node of the virtual cluster (tests/cluster/up.sh):
+#
+#   bash tests/cluster/on.sh vnode2 hostname            # -> vnode2
+#   bash tests/cluster/on.sh vnode1 env SLURM_CONF=... sbatch ...
+#
+# The command runs in the node's network namespace (its address, its eth0, its loopback) and in
+# a UTS namespace of its own whose hostname is the node's name, with this environment
+# (PYTHONPATH, SLURM_CONF, ...). Exit status: the command's, or 1 (on stderr: why) when there is
+# no such node.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/cluster/common.sh
+. "$HERE/common.sh"
+
+(($# >= 2)) || { echo "usage: on.sh NODE COMMAND [ARGS...]" >&2; exit 1; }
+node=$1
+shift
+addr_of "$node" >/dev/null || exit 1
+ns=$(netns_of "$node")
+[[ -e /run/netns/$ns ]] || { echo "cluster: node $node is not up (no network namespace $ns; \
+run tests/cluster/up.sh)" >&2; exit 1; }
+# nsenter, not `ip netns exec`: that one remounts /sys, without the cgroup file systems slurmd
+# and colocate read.
+# shellcheck disable=SC2016  # $0 and $@ belong to the inner shell
+exec nsenter --net="/run/netns/$ns" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$node" "$@"
