@@ -20,7 +20,14 @@ addr_of "$node" >/dev/null || exit 1
 ns=$(netns_of "$node")
 [[ -e /run/netns/$ns ]] || { echo "cluster: node $node is not up (no network namespace $ns; \
 run tests/cluster/up.sh)" >&2; exit 1; }
-# nsenter, not `ip netns exec`: that one remounts /sys, without the cgroup file systems slurmd
-# and colocate read.
+# `ip netns exec` gives the command a mount namespace with the node's own /sys (so MPI's UCX
+# sees the node's network interfaces, not the machine's: with the machine's, its addresses
+# fail to unpack at random), without the cgroup file systems; mount them again from pid 1's
+# table (slurmd and colocate use them).
 # shellcheck disable=SC2016  # $0 and $@ belong to the inner shell
-exec nsenter --net="/run/netns/$ns" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$node" "$@"
+exec ip netns exec "$ns" unshare --uts sh -c '
+    grep -E "^[^ ]+ /sys/fs/cgroup[^ ]* (tmpfs|cgroup|cgroup2) " /proc/1/mounts |
+    while read -r dev dir type opts _; do
+        mkdir -p "$dir" && mount -t "$type" -o "$opts" "$dev" "$dir" || exit 1
+    done || { echo "cluster: cannot mount the cgroup file systems on $0" >&2; exit 1; }
+    hostname "$0" && exec "$@"' "$node" "$@"
