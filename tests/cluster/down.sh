@@ -37,7 +37,8 @@ ip link del "$BRIDGE" 2>/dev/null
 for i in 1 2 3 4; do ip link del "clv$i" 2>/dev/null; done
 if grep -qF "$HOSTS_BEGIN" /etc/hosts; then
     # /etc/hosts may be a bind mount: rewrite it in place, never replace the file.
-    kept=$(sed "/^$(sed 's/[][\/.*^$()]/\\&/g' <<<"$HOSTS_BEGIN")\$/,/^$HOSTS_END\$/d" /etc/hosts)
+    kept=$(awk -v b="$HOSTS_BEGIN" -v e="$HOSTS_END" '$0 == b {skip = 1; next}
+        skip && $0 == e {skip = 0; next} !skip' /etc/hosts)
     printf '%s\n' "$kept" > /etc/hosts
 fi
 echo "cluster: down"
