@@ -197,7 +197,14 @@ def _run(args: argparse.Namespace) -> int:
             return Executor(address=args.address)
         return Executor(max_workers=n, config=args.config)
 
-    return cmd_run(args.batch, factory, resume=args.resume, n=args.n, progress=progress)
+    return cmd_run(args.batch, factory, resume=args.resume, n=args.n, progress=progress,
+                   local_world=not args.address, drain_grace=_drain_grace(args.config))
+
+
+def _drain_grace(config_file: str | None) -> float:
+    """``server.drain_grace``: how long a drain waits for running tasks."""
+    from . import config
+    return config.load(config_file)["server"]["drain_grace"]
 
 
 def _run_in_this_world(args: argparse.Namespace, progress: bool | None) -> int:
@@ -228,7 +235,7 @@ def _submit(args: argparse.Namespace) -> int:
         return _submit_detached(args, address)
     progress = False if args.no_progress else None
     return cmd_run(args.batch, lambda n: Executor(address=address), resume=args.resume,
-                   progress=progress)
+                   progress=progress, drain_grace=_drain_grace(None))
 
 
 def _submit_detached(args: argparse.Namespace, address: str) -> int:
@@ -274,7 +281,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .client import Executor
     batch = resources.files("colocate").joinpath("demo/demo.yaml")
     with resources.as_file(batch) as path:
-        return cmd_run(path, lambda n: Executor(max_workers=n), resume=None, n=args.n)
+        return cmd_run(path, lambda n: Executor(max_workers=n), resume=None, n=args.n,
+                       local_world=True)
 
 
 _COMMANDS = {"serve": _serve, "stop": _stop, "status": _status, "info": _info, "run": _run,
