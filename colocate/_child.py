@@ -20,8 +20,10 @@ on this machine is mapped read-only from its worker rank's memory, without a cop
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import pickle
+import struct
 import sys
 import time
 
@@ -94,10 +96,26 @@ def _restore_environment(saved: dict) -> None:
             os.environ[key] = value
 
 
+def _keep_function(item: tuple, cache: dict) -> None:
+    """Cache the function a skipped work item carries (later items come without it)."""
+    fn_hash, fn_bytes = item[1], item[2]
+    if fn_bytes is not None and fn_hash not in cache:
+        try:
+            cache[fn_hash] = pickle.loads(fn_bytes)
+        except BaseException:  # noqa: BLE001 - a later call reports it, as BAD_INPUT
+            pass
+
+
 def main() -> None:
-    """Entry point: ``python -m colocate._child IN_FD OUT_FD SETTINGS_JSON``."""
+    """Entry point: ``python -m colocate._child IN_FD OUT_FD SETTINGS_JSON [SKIP_FD]``.
+
+    ``SKIP_FD``: the take-back counter shared with the worker
+    (:meth:`colocate.executor.ExecutorProcess.take_back`): tasks of the batches numbered at or
+    below it are returned unstarted, as ``REQUEUE`` outcomes.
+    """
     in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])
     settings = json.loads(sys.argv[3])
+    skip = mmap.mmap(int(sys.argv[4]), 8) if len(sys.argv) > 4 else None
     store.context_from_environment()
     from .colocation.sandbox import apply_sandbox
     applied = apply_sandbox(settings.get("cores"), settings.get("priority", "idle"),
@@ -108,13 +126,19 @@ def main() -> None:
 
     reader = FrameReader(in_fd)
     cache: dict = {}
+    number = 0   # of the batch being run, counted as the worker counts the batches it sends
     while True:
         try:
             batches = reader.next()
         except (EOFError, OSError):   # the worker rank is gone
             return
         for batch in batches:
+            number += 1
             for item in batch:
+                if skip is not None and number <= struct.unpack_from("q", skip)[0]:
+                    _keep_function(item, cache)   # the worker counts on it being here
+                    write_frame(out_fd, (item[0], int(Status.REQUEUE), b"", 0.0, 0.0, "", ()))
+                    continue
                 out = run_work(Work._make(item), cache, settings)
                 # Each outcome is written as soon as it exists: if a later task kills this
                 # process, what finished before is already in the pipe and is not lost.

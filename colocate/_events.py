@@ -154,6 +154,13 @@ class CutOff:
 
 
 @dataclass(frozen=True, slots=True)
+class ReturnAhead:
+    """Have ``rank`` return the tasks sent ahead to it that have not started (a drain)."""
+
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
 class ForgetWorker:
     """The rank is lost: stop talking to it."""
 
@@ -216,4 +223,4 @@ Event = (ClientJoined | ClientLeft | Submitted | CancelRequested | WorkerJoined 
          | HeardFrom | WorkerLost | WorkerPaused | Tick | DrainRequested | DrainDeadline
          | PutRequested | FreeRequested | AheadUsed | LeaseEnded | DirectDone)
 Instruction = (SendWork | Deliver | CutOff | ForgetWorker | Exit | PutGranted | PutRefused
-               | DropObjects | GrantLease | EndLease)
+               | DropObjects | GrantLease | EndLease | ReturnAhead)

@@ -54,7 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                    "output directory)")
     r.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"),
                    help="use a running server instead of a local world")
-    r.add_argument("--config")
+    r.add_argument("--config", help="configuration file for a local world (see "
+                   "colocate/defaults.yaml)")
+    r.add_argument("--spare-cores", metavar="LIST",
+                   help="cores a local world may use, e.g. 0-3, or all, or auto (default: "
+                   "co_location.spare_cores)")
     r.add_argument("--no-progress", action="store_true", help="no progress display")
 
     b = sub.add_parser("submit", help="send a YAML batch to a running server")
@@ -72,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the built-in demo batch on a local world")
     d.add_argument("-n", type=int, help="workers (default: spare cores)")
+    d.add_argument("--spare-cores", metavar="LIST",
+                   help="cores the world may use, e.g. 0-3, or all, or auto")
     return p
 
 
@@ -215,15 +221,54 @@ def _run(args: argparse.Namespace) -> int:
     if args.n is not None and args.n < 1:
         raise ConfigError(f"-n must be at least 1, found {args.n}")
     progress = False if args.no_progress else None
+    if args.spare_cores:
+        os.environ["COLOCATE_CO_LOCATION_SPARE_CORES"] = args.spare_cores   # the world's too
     if not args.address and _launched_by_mpi():
         return _run_in_this_world(args, progress)
 
     def factory(n: int | None) -> Executor:
         if args.address:
             return Executor(address=args.address)
-        return Executor(max_workers=n, config=args.config)
+        return Executor(max_workers=plan_workers(n, args.config), config=args.config)
 
-    return cmd_run(args.batch, factory, resume=args.resume, n=args.n, progress=progress)
+    return cmd_run(args.batch, factory, resume=args.resume, n=args.n, progress=progress,
+                   local_world=not args.address, drain_grace=_drain_grace(args.config))
+
+
+def plan_workers(n: int | None, config_file: str | None = None, stream: Any = None) -> int:
+    """The workers of a local world, said in one line (and one warning if they share cores).
+
+    ``n``: the ``-n`` asked for (None: one per spare core). Returns the number to start.
+    """
+    from . import config
+    from .colocation.cpulist import format_cpulist
+    from .colocation.info import world_plan
+    from .colocation.spare import discover_spare_cores
+    err = stream if stream is not None else sys.stderr
+    found = discover_spare_cores(config.load(config_file)["co_location"], own_pids=[os.getpid()])
+    spare = found.cores
+    if not spare:
+        raise ConfigError(f"no spare core found for a local world ({found.detail}); pass "
+                          "--spare-cores LIST to name the cores it may use (e.g. 0-3, or all "
+                          "for every allowed core), or see `colocate info`",
+                          key="co_location.spare_cores")
+    workers = n if n is not None else len(spare)
+    print(f"colocate: local world: {world_plan(spare, workers)}", file=err, flush=True)
+    if workers > len(spare):
+        others = format_cpulist(found.host_cores) or "none"
+        print(f"colocate: warning: -n {workers} asks for {workers} workers, but only "
+              f"{len(spare)} spare core(s) were found ({format_cpulist(spare)}); the other "
+              f"allowed core(s) ({others}) are not spare: {found.detail}. Workers that share a "
+              f"core each run slower. Use -n {len(spare)} for one worker per spare core, or "
+              f"--spare-cores LIST to name the cores colocate may use (all: every allowed core)",
+              file=err, flush=True)
+    return workers
+
+
+def _drain_grace(config_file: str | None) -> float:
+    """``server.drain_grace``: how long a drain waits for running tasks."""
+    from . import config
+    return config.load(config_file)["server"]["drain_grace"]
 
 
 def _run_in_this_world(args: argparse.Namespace, progress: bool | None) -> int:
@@ -254,7 +299,7 @@ def _submit(args: argparse.Namespace) -> int:
         return _submit_detached(args, address)
     progress = False if args.no_progress else None
     return cmd_run(args.batch, lambda n: Executor(address=address), resume=args.resume,
-                   progress=progress)
+                   progress=progress, drain_grace=_drain_grace(None))
 
 
 def _submit_detached(args: argparse.Namespace, address: str) -> int:
@@ -298,9 +343,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     from .batch.commands import cmd_run
     from .client import Executor
+    if args.spare_cores:
+        os.environ["COLOCATE_CO_LOCATION_SPARE_CORES"] = args.spare_cores
     batch = resources.files("colocate").joinpath("demo/demo.yaml")
     with resources.as_file(batch) as path:
-        return cmd_run(path, lambda n: Executor(max_workers=n), resume=None, n=args.n)
+        return cmd_run(path, lambda n: Executor(max_workers=plan_workers(n)), resume=None,
+                       n=args.n, local_world=True)
 
 
 _COMMANDS = {"serve": _serve, "stop": _stop, "status": _status, "info": _info, "run": _run,

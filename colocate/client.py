@@ -257,6 +257,15 @@ class Executor(cf.Executor):
             raise TypeError(f"free() expects a Ref, found {type(ref).__name__}")
         self._conn.free(ref)
 
+    def cancel_pending(self) -> None:
+        """Take back this executor's tasks that have not started; running ones go on.
+
+        Tasks not sent yet are cancelled; those queued at rank 0 end with
+        :class:`~colocate.errors.TaskInterrupted` ("cancelled before it started", no
+        ``info``). Unlike ``shutdown(cancel_futures=True)`` the executor stays usable.
+        """
+        self._conn.cancel_queued()
+
     def stop_server(self, drain: bool = True) -> None:
         """Ask the server to stop (after draining running tasks if ``drain``)."""
         self._conn.send_control(StopRequest(drain))

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -35,6 +37,9 @@ log = logging.getLogger("colocate.worker")
 _MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPICH_", "I_MPI_", "UCX_",
                      "FI_", "SLURM_STEP_", "COLOCATE_CHILD")
 START_TIMEOUT = 60.0   # seconds a new child has to say it is ready
+# The take-back counter the worker shares with its child (a memfd): the child skips every task
+# of a batch numbered at or below it. One aligned 8-byte word: written and read whole.
+SKIP = struct.Struct("q")
 
 
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -77,6 +82,8 @@ class ExecutorProcess:
         self.known: set[bytes] = set()
         self.sandbox: dict = {}
         self.restarts = 0
+        self.batches = 0   # frames of work sent to this child
+        self.skip: mmap.mmap | None = None   # shared with the child: see take_back()
 
     # ----- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,14 +92,19 @@ class ExecutorProcess:
         from_child_r, from_child_w = os.pipe()
         for fd in (to_child_w, from_child_w):
             enlarge_pipe(fd)
+        skip_fd = os.memfd_create("colocate-take-back")
+        os.ftruncate(skip_fd, SKIP.size)
+        self.skip = mmap.mmap(skip_fd, SKIP.size)
+        self.batches = 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "colocate._child", str(to_child_r), str(from_child_w),
-             json.dumps(self.settings)],
-            pass_fds=(to_child_r, from_child_w),
+             json.dumps(self.settings), str(skip_fd)],
+            pass_fds=(to_child_r, from_child_w, skip_fd),
             env=child_environment({**(self.settings.get("env") or {}), **self.env}),
             stdin=subprocess.DEVNULL)
         os.close(to_child_r)
         os.close(from_child_w)
+        os.close(skip_fd)
         self.to_child, self.from_child = to_child_w, from_child_r
         os.set_blocking(to_child_w, False)
         os.set_blocking(from_child_r, False)
@@ -133,6 +145,9 @@ class ExecutorProcess:
             pass
         code = proc.wait(timeout=10)
         self.outbox.clear()
+        if self.skip is not None:
+            self.skip.close()
+            self.skip = None
         for fd in (self.to_child, self.from_child):
             try:
                 os.close(fd)
@@ -165,7 +180,21 @@ class ExecutorProcess:
             items.append(tuple(w))
             self.held.append((w, now))
         self.outbox.append(memoryview(frame(items)))
+        self.batches += 1
         self.flush()
+
+    def take_back(self) -> int:
+        """Have the child skip all work sent so far that it has not started; returns how much.
+
+        The child checks a counter shared with it (:data:`SKIP`) before it starts each task: a
+        task of a batch at or below it comes back at once as a ``REQUEUE`` outcome, without
+        running. So the running task finishes, and the rest follow it back unstarted, with no
+        race (a task is either started or skipped, never both). Work sent later runs as usual.
+        """
+        if self.skip is None or len(self.held) <= 1:
+            return 0
+        SKIP.pack_into(self.skip, 0, self.batches)
+        return len(self.held) - 1
 
     def flush(self) -> None:
         """Write queued work until the pipe is full (call when it is writable); never blocks.

@@ -246,6 +246,14 @@ class KillRunning(NamedTuple):
     status: int          # what to report for the task cut off (INTERRUPTED, TIMEOUT)
 
 
+class TakeBack(NamedTuple):
+    """Rank 0 to a worker (at a drain): return the work sent ahead that has not started.
+
+    The executor child skips it, so each such task comes back as a ``REQUEUE`` outcome as soon
+    as the running one ends (or is cut off); nothing new is started on this worker.
+    """
+
+
 class PauseCores(NamedTuple):
     paused: bool
 

@@ -63,6 +63,7 @@ from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
     PutGranted,
     PutRefused,
     PutRequested,
+    ReturnAhead,
     SendWork,
     Submitted,
     Tick,
@@ -400,6 +401,8 @@ class Scheduler(StoreBook, Placing):
         self._fail_queued(Status.INTERRUPTED, "the server is draining")
         for worker in self.workers.values():
             self._end_lease(worker)
+            if len(worker.assigned) > 1:   # sent ahead: back unstarted (REQUEUE), not run here
+                self._out.append(ReturnAhead(worker.rank))
 
     def _on_DrainDeadline(self, ev: DrainDeadline) -> None:
         for worker in self.workers.values():

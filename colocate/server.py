@@ -3,9 +3,9 @@
 Reads: ``WorkerHello``/``Done``/``Heartbeat``/``LeaseEnded``/``DirectDone`` from worker ranks
 (MPI); ``Submit``/``Cancel``/``StatusRequest``/``StopRequest``/``PutRequest``/``FreeRefs``/``Bye``
 from clients (their streams); new connections on the listening socket; SIGTERM/SIGINT. Writes:
-``Dispatch``/``KillRunning``/``DropObjects``/``StartLease``/``EndLease``/``Shutdown`` to workers,
-``Welcome``/``Results``/``PutReply``/``Lease``/``StatusReply``/``Bye`` to clients, and the address
-file. Stored objects' data never comes here: clients send it to the worker's data port
+``Dispatch``/``KillRunning``/``TakeBack``/``DropObjects``/``StartLease``/``EndLease``/``Shutdown``
+to workers, ``Welcome``/``Results``/``PutReply``/``Lease``/``StatusReply``/``Bye`` to clients, and
+the address file. Stored objects' data never comes here: clients send it to the worker's data port
 (:mod:`colocate.datalink`). Leased clients' lone tasks never come here either
 (:mod:`colocate.lease`).
 
@@ -55,6 +55,7 @@ from .messages import (
     StopRequest,
     StoreAddress,
     Submit,
+    TakeBack,
     UsedAhead,
     Welcome,
     WorkerHello,
@@ -295,6 +296,8 @@ class Server:
                     self._to_client(client, Results(ins.results))
             elif kind is S.CutOff:
                 self._to_worker(ins.rank, KillRunning(int(ins.status)))
+            elif kind is S.ReturnAhead:
+                self._to_worker(ins.rank, TakeBack())
             elif kind is S.ForgetWorker:
                 log.error("worker lost: %s", ins.reason)
                 bell = self.worker_bells.pop(ins.rank, None)

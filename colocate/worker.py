@@ -18,7 +18,7 @@ the child maps them read-only to call functions on them.
 A client holding a lease on this rank sends its lone tasks to the rank's task port and gets
 their results from there (:class:`~colocate.lease.LeaseDesk`); they run in the same executor.
 
-Reads: ``Dispatch``, ``KillRunning``, ``DropObjects``, ``StartLease``, ``EndLease``,
+Reads: ``Dispatch``, ``KillRunning``, ``TakeBack``, ``DropObjects``, ``StartLease``, ``EndLease``,
 ``Shutdown`` from rank 0; leased tasks from clients; outcomes from the child. Writes:
 ``WorkerHello``, ``Done`` (with the objects each task kept), ``Heartbeat``, ``PauseCores``,
 ``LeaseEnded``, ``DirectDone`` to rank 0; leased results to clients; work to the child.
@@ -51,6 +51,7 @@ from .messages import (
     Shutdown,
     StartLease,
     Status,
+    TakeBack,
     Work,
     WorkerHello,
     dumps,
@@ -263,6 +264,9 @@ class Worker:
                 outcomes = self.child.cut_off(Status(msg.status), dumps("cut off by the drain"))
                 self._narrow(outcomes)
                 self._report(outcomes, flush=True)
+        elif kind is TakeBack:   # (inline: nothing waits, each task ran as it came)
+            if self.child is not None:
+                self.child.take_back()
         elif kind is DropObjects:
             self.store.drop(msg.ids)
         elif kind is Shutdown:

@@ -2,8 +2,12 @@
 
 Exit codes (also in ``docs/batch.md``): 0 every task succeeded; 1 some task failed; 2 the batch
 file or the arguments are invalid (nothing ran); 3 tasks are left (drained, interrupted, the
-executor stopped): ``colocate run --resume RUN_DIR`` finishes them; 130 stopped by a second
-Ctrl-C or SIGTERM.
+executor stopped): ``colocate run --resume RUN_DIR`` finishes them; 130 stopped at once by a
+second Ctrl-C or SIGTERM (the tasks that were running are recorded as interrupted).
+
+Signals: the first SIGINT or SIGTERM drains (tasks that have not started are taken back at once
+and count as not run; running ones have ``server.drain_grace`` seconds), the second stops within
+a second.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ EXIT_SIGNAL = 130
 def cmd_run(batch_path: str | os.PathLike | None, executor_factory: Callable[[int | None], Any],
             resume: bool | str | os.PathLike | None = None, n: int | None = None,
             progress: bool | str | None = None, *, drain_event: threading.Event | None = None,
-            rerun_failed: bool = True, stream: IO[str] | None = None) -> int:
+            rerun_failed: bool = True, stream: IO[str] | None = None,
+            local_world: bool = False, drain_grace: float | None = None) -> int:
     """Run (or resume) a batch: validate everything, then start an executor and run the tasks.
 
     Args:
@@ -52,6 +57,11 @@ def cmd_run(batch_path: str | os.PathLike | None, executor_factory: Callable[[in
             and a second signal stops at once.
         rerun_failed: on resume, run failed tasks again (interrupted and unrun ones always run).
         stream: where messages and progress go; ``sys.stderr`` by default.
+        local_world: the executor owns its world (``colocate run`` without ``--address``): a
+            drain drains the whole world, a stop at once stops it. Otherwise only this run's
+            tasks are taken back and a shared server is left alone.
+        drain_grace: seconds a drain waits for running tasks of a world this run does not own
+            (an owned world applies its own ``server.drain_grace``); None waits for them.
 
     Returns:
         The exit code (see the module docstring).
@@ -75,13 +85,28 @@ def cmd_run(batch_path: str | os.PathLike | None, executor_factory: Callable[[in
                 print(format_summary(summary), file=err, flush=True)
             return summary.exit_code
         drain = drain_event if drain_event is not None else threading.Event()
-        with _drain_on_signals(drain, err, install=drain_event is None):
+        now, running = threading.Event(), threading.Event()
+        with _drain_on_signals(drain, now, running, err, install=drain_event is None):
             try:
                 with executor_factory(n) as ex:
                     shown = Progress(len(spec.tasks), done=len(spec.tasks) - todo,
                                      name=spec.name, mode=mode, stream=err)
-                    summary = run_batch(ex, spec, rd, progress=shown, drain_event=drain,
-                                        rerun_failed=rerun_failed)
+                    take_back = (lambda: ex.stop_server(drain=True)) if local_world else None
+                    running.set()
+                    try:
+                        summary = run_batch(ex, spec, rd, progress=shown, drain_event=drain,
+                                            rerun_failed=rerun_failed, stop_event=now,
+                                            take_back=take_back,
+                                            drain_timeout=None if local_world else drain_grace)
+                    finally:
+                        running.clear()
+                    if now.is_set():
+                        _stop_at_once(ex, local_world)
+                if now.is_set():
+                    print(f"colocate: stopped at once; {summary.interrupted} task(s) recorded as "
+                          f"interrupted, finished ones are saved. Resume with: colocate run "
+                          f"--resume {path}", file=err, flush=True)
+                    return EXIT_SIGNAL
             except KeyboardInterrupt:
                 print(f"colocate: stopped; finished tasks are saved. Resume with: colocate run "
                       f"--resume {path}", file=err, flush=True)
@@ -185,19 +210,43 @@ def _hints(summary: RunSummary, err: IO[str]) -> None:
               f"{summary.run_dir}", file=err, flush=True)
 
 
+def _stop_at_once(ex: Any, local_world: bool) -> None:
+    """After a second signal: stop an owned world now, or leave a shared one without waiting."""
+    if local_world:
+        try:
+            ex.stop_server(drain=False)   # its running tasks are cut off, it exits at once
+        except ColocateError:
+            pass   # already gone
+        ex.shutdown(wait=True)   # returns as soon as the world has exited
+    else:
+        ex.shutdown(wait=False, cancel_futures=True)
+
+
 @contextlib.contextmanager
-def _drain_on_signals(drain: threading.Event, err: IO[str], install: bool) -> Iterator[None]:
-    """First SIGINT/SIGTERM sets ``drain``; a second raises KeyboardInterrupt (stop now)."""
+def _drain_on_signals(drain: threading.Event, now: threading.Event, running: threading.Event,
+                      err: IO[str], install: bool) -> Iterator[None]:
+    """First SIGINT/SIGTERM sets ``drain``; a second sets ``now`` (stop at once).
+
+    Outside the batch loop (``running`` clear: the world is still starting) a second signal
+    raises KeyboardInterrupt instead, as nothing there would look at ``now``.
+    """
     if not install or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if drain.is_set():
+        name = signal.Signals(signum).name
+        if not drain.is_set():
+            drain.set()
+            print(f"\ncolocate: {name}: draining: tasks not started are taken back (they count "
+                  "as not run), running ones may finish; send it again to stop at once",
+                  file=err, flush=True)
+        elif running.is_set():
+            now.set()
+            print(f"\ncolocate: {name} again: stopping at once; running tasks are recorded as "
+                  "interrupted", file=err, flush=True)
+        else:
             raise KeyboardInterrupt
-        drain.set()
-        print(f"\ncolocate: {signal.Signals(signum).name}: draining, no new tasks; waiting for "
-              "running ones (send it again to stop at once)", file=err, flush=True)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -7,9 +7,13 @@ Data flow, all in the calling thread::
 
 One thread submits, waits and records: no callback writes to the journal, so records never
 interleave and each is on disk (fsynced) before the next task is submitted in its place.
-A drain (``drain_event`` set, e.g. by SIGTERM before the walltime) stops submitting, cancels
-tasks that have not started and waits for running ones; cancelled tasks get no record, and a
-resume runs them.
+
+A drain (``drain_event`` set, e.g. by SIGTERM before the walltime or a first Ctrl-C) stops
+submitting and takes back at once every task that has not started (queued at rank 0 or sent
+ahead to a worker): they get no record, so the summary counts them as not run and a resume runs
+them. Only running tasks are waited for, at most ``drain_timeout`` seconds; those still running
+then are recorded as interrupted. ``stop_event`` (a second Ctrl-C) stops at once: every task
+still out is recorded as interrupted, within one :data:`POLL_INTERVAL`.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ def exit_code(summary: RunSummary) -> int:
 
 def run_batch(ex: Any, spec: BatchSpec, run_dir: RunDir, progress: bool | str | Progress = True,
               drain_event: Event | None = None, *, max_in_flight: int | None = None,
-              rerun_failed: bool = True, drain_timeout: float | None = None) -> RunSummary:
+              rerun_failed: bool = True, drain_timeout: float | None = None,
+              stop_event: Event | None = None,
+              take_back: Callable[[], None] | None = None) -> RunSummary:
     """Run the tasks of ``spec`` that ``run_dir`` has not finished, recording each result.
 
     Args:
@@ -59,11 +65,15 @@ def run_batch(ex: Any, spec: BatchSpec, run_dir: RunDir, progress: bool | str | 
             left open (the caller closes it).
         progress: ``True`` (bar on a TTY, log lines otherwise), ``False``, a mode
             (``"bar"``, ``"log"``, ``"off"``) or a :class:`Progress`.
-        drain_event: when set, stop submitting, cancel unstarted tasks, finish running ones.
+        drain_event: when set, stop submitting, take back unstarted tasks, finish running ones.
         max_in_flight: most tasks submitted and not finished; ``4 * ex.max_workers`` if None.
         rerun_failed: run tasks whose latest record is ``failed`` again.
         drain_timeout: after a drain starts, wait at most this long for running tasks (those
-            still running are left unrecorded and run again on resume); None waits for them.
+            still running are recorded as interrupted); None waits for them.
+        stop_event: when set, stop at once: tasks still out are recorded as interrupted.
+        take_back: called once when the drain starts, to take back the tasks that have not
+            started; by default ``ex.cancel_pending()`` (this executor's tasks only). A caller
+            that owns the world passes one that drains the whole world.
 
     Returns:
         The summary over the whole run directory (also written to ``summary.json``).
@@ -89,11 +99,27 @@ def run_batch(ex: Any, spec: BatchSpec, run_dir: RunDir, progress: bool | str | 
             del in_flight[fut]
         deadline = None if grace is None else time.monotonic() + grace
 
+    def cut_off(why: str) -> None:
+        for fut, task in list(in_flight.items()):
+            if not fut.done():
+                del in_flight[fut]
+                run_dir.record(task, "interrupted", error=TaskInterrupted(why),
+                               info=getattr(fut, "info", None))
+                progress.update("interrupted")
+
     summary: RunSummary | None = None
     try:
         while True:
             if not stopping and drain_event is not None and drain_event.is_set():
                 stop(drain_timeout)
+                try:
+                    (take_back or getattr(ex, "cancel_pending", lambda: None))()
+                except Exception as exc:   # e.g. the world is already gone: nothing to take
+                    error = error or f"{type(exc).__name__}: {exc}"
+            if stop_event is not None and stop_event.is_set():
+                if not stopping:
+                    stop(None)
+                cut_off("stopped at once (a second signal)")
             while not stopping and pending and len(in_flight) < limit:
                 task = pending.popleft()
                 try:
@@ -104,7 +130,9 @@ def run_batch(ex: Any, spec: BatchSpec, run_dir: RunDir, progress: bool | str | 
                 except Exception as exc:   # e.g. arguments that cannot be pickled
                     run_dir.record(task, "failed", error=exc)
                     progress.update("failed")
-            if not in_flight or (deadline is not None and time.monotonic() > deadline):
+            if deadline is not None and time.monotonic() > deadline:
+                cut_off(f"still running {drain_timeout:g} s after the drain began")
+            if not in_flight:
                 break
             done, _ = wait(in_flight, timeout=POLL_INTERVAL, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -112,6 +140,8 @@ def run_batch(ex: Any, spec: BatchSpec, run_dir: RunDir, progress: bool | str | 
                 if fut.cancelled():
                     continue
                 status, result, exc = _outcome(fut)
+                if status == "interrupted" and _never_started(fut, exc):
+                    continue   # taken back by a drain: no record, so it counts as not run
                 run_dir.record(task, status, result=result, error=exc,
                                info=getattr(fut, "info", None))
                 progress.update(status)
@@ -128,6 +158,11 @@ def run_batch(ex: Any, spec: BatchSpec, run_dir: RunDir, progress: bool | str | 
         finally:
             progress.close(summary)
     return summary
+
+
+def _never_started(fut: Future, exc: BaseException | None) -> bool:
+    """Whether an interrupted task was taken back before it started (it carries no placement)."""
+    return isinstance(exc, TaskInterrupted) and getattr(fut, "info", None) is None
 
 
 def _outcome(fut: Future) -> tuple[str, Any, BaseException | None]:

@@ -118,6 +118,7 @@ def render(info: Mapping) -> str:
                                     f"(source: {spare['source']})"))
         rows.append(("host cores", format_cpulist(spare["host_cores"]) or "none"))
         rows.append(("  how", spare["detail"]))
+        rows.append(("local world", world_plan(spare["cores"])))
     rows.append(("memory total", format_size(mem["total"])))
     rows.append(("memory available", format_size(mem["available"])))
     rows.append(("function budget", f"{format_size(mem['budget'])}  "
@@ -139,6 +140,23 @@ def render(info: Mapping) -> str:
                            f"action {g['action']}") if g["enabled"] else "off"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def world_plan(spare: list[int], workers: int | None = None) -> str:
+    """What a local world (``colocate run``, ``Executor()``) does here, in words.
+
+    Args:
+        spare: this node's spare cores.
+        workers: the workers asked for (``-n``); None: one per spare core.
+    """
+    if not spare:
+        return "no spare core: name cores with --spare-cores (co_location.spare_cores)"
+    n = len(spare) if workers is None else workers
+    if n <= len(spare):
+        return (f"{n} worker(s), one per spare core: core(s) {format_cpulist(spare[:n])}; "
+                "the scheduler (rank 0) shares them")
+    return (f"{n} workers sharing {len(spare)} spare core(s) {format_cpulist(spare)}: "
+            "each runs slower")
 
 
 def sched_idle_permitted() -> tuple[bool, str]:

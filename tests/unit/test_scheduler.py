@@ -170,6 +170,22 @@ def test_drain_interrupts_queued_waits_for_running_then_exits():
     assert out[-1] == S.Exit() and out[0].results[0].status == Status.INTERRUPTED
 
 
+def test_drain_takes_back_tasks_sent_ahead_and_they_end_unstarted():
+    s = sched(workers=2, prefetch=8)
+    s.mean_runtime[FN] = 0.001   # short: sent ahead
+    s.handle(S.Submitted(7, [task(i, FN_BYTES if i == 0 else None) for i in range(4)]))
+    assert {r: len(w.assigned) for r, w in s.workers.items()} == {1: 2, 2: 2}
+    out = s.handle(S.DrainRequested())
+    assert out == [S.ReturnAhead(1), S.ReturnAhead(2)]
+    back = Outcome(2, Status.REQUEUE, b"", 0.0, 0.0)
+    out = s.handle(S.WorkerDone(1, [ok(0), back]))
+    statuses = {r.id: (r.status, r.info is None) for r in out[0].results}
+    assert statuses == {0: (Status.OK, False), 2: (Status.INTERRUPTED, True)}   # never started
+    assert S.Exit() not in out
+    out = s.handle(S.WorkerDone(2, [ok(1), Outcome(3, Status.REQUEUE, b"", 0.0, 0.0)]))
+    assert out[-1] == S.Exit()
+
+
 def test_tasks_that_arrive_during_a_drain_are_interrupted_not_left_queued():
     s = sched()
     s.handle(S.Submitted(7, [task(0, FN_BYTES)]))
