@@ -75,14 +75,7 @@ class Client:
 
 def world_pids(tag: str) -> set[int]:
     """Pids of the tagged processes now (to check their cgroups later)."""
-    found = set()
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("CLTEST_WORLD") == tag:
-                found.add(p.pid)
-        except (psutil.Error, OSError):
-            continue
-    return found
+    return {p.pid for p in _tagged(tag)}
 
 
 def cgroups_of(pids: set[int]) -> list[str]:
