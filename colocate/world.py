@@ -87,6 +87,25 @@ def spare_cores(cfg: dict) -> tuple[list[int], str]:
     return list(found.cores), found.source
 
 
+def _watch_owner(owner: tuple[int, float | None], node: str) -> Any:
+    """Rank 0's watch on ``serve --owner``; refuses an owner that is not running beside it.
+
+    An owner that is gone already would stop the world the moment it starts, so this is a
+    mistake: most often ``--owner`` given to a world whose rank 0 runs on another node.
+    """
+    from ._owner import OwnerWatch
+    watch = OwnerWatch(*owner)
+    if watch.gone():
+        pid, started = owner
+        when = "" if started is None else f" started at {started!r}"
+        raise ConfigError(
+            f"--owner {pid}: found no process {pid}{when} on {node}, the node of rank 0; "
+            "expected the pid of a running process there, which the world stops with. --owner "
+            "is for worlds that Executor() starts on its own node: leave it out for a world "
+            "started by hand, which then runs until `colocate stop`")
+    return watch
+
+
 def serve(cfg: dict, address_file: str | None, comm: Any = None,
           on_ready: Callable[[Address], None] | None = None,
           expect_clients: int | None = None, early_signals: Any = None,
@@ -122,6 +141,7 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
     pids = [pid for _, pid in gathered]
     workers = list(range(1, size))
     if rank == 0:
+        watch = None if owner is None else _watch_owner(owner, names[0])
         _confine_scheduler(cfg)
         host = "127.0.0.1" if len(set(names)) == 1 and cfg["server"]["bind"] == "auto" else (
             mpi.host_address(cfg["server"]["bind"]))
@@ -129,9 +149,7 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
         address = Address.new(host, listener.getsockname()[1], size, address_file or "")
         comm.bcast(address, root=0)
         worker_bells = _collect_worker_bells(listener, address.token, size - 1)
-        from ._owner import OwnerWatch
         from .server import Server
-        watch = None if owner is None else OwnerWatch(*owner)
         server = Server(comm, cfg, listener, address, worker_bells, expect_clients, watch)
         server.await_workers(size - 1, WORKER_RING_TIMEOUT)
         if expect_clients is None:

@@ -240,6 +240,21 @@ def test_a_world_that_cannot_start_ends_at_once(colocate_env, monkeypatch):
     assert "4096" in text and "ending the whole world" in text
 
 
+def test_an_owner_not_running_beside_rank_0_is_refused(tmp_path, subprocess_env):
+    # `--owner` naming no live process on rank 0's node (a finished process here; on a
+    # cluster, most often a pid from another node) would stop the world the moment it starts.
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    address = tmp_path / "owned.address"
+    proc = subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", "colocate", "serve",
+                           "--address-file", str(address), "--owner", str(finished.pid)],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert f"--owner {finished.pid}: found no process {finished.pid}" in proc.stderr, proc.stderr
+    assert "the node of rank 0" in proc.stderr and "leave it out" in proc.stderr
+    assert not address.exists()
+
+
 @pytest.mark.timeout(180)
 def test_a_served_world_outlives_its_clients(world_factory, subprocess_env):
     # `colocate serve` started by hand has no owner: a client killed mid-task changes nothing.
