@@ -291,14 +291,19 @@ def _run(args: argparse.Namespace) -> int:
     if not args.address and _launched_by_mpi():
         return _run_in_this_world(args, progress)
 
+    planned: dict[str, Any] = {}
+
+    def plan() -> None:   # before the run directory is made: a refusal leaves nothing behind
+        planned["workers"] = plan_workers(args.n, args.config)
+
     def factory(n: int | None) -> Executor:
         if args.address:
             return Executor(address=args.address)
-        return Executor(max_workers=plan_workers(n, args.config), config=args.config)
+        return Executor(max_workers=planned["workers"], config=args.config)
 
     return cmd_run(args.batch, factory, resume=args.resume, n=args.n, progress=progress,
                    local_world=not args.address, drain_grace=_drain_grace(args.config),
-                   output=args.output)
+                   output=args.output, before_start=None if args.address else plan)
 
 
 def plan_workers(n: int | None, config_file: str | None = None, stream: Any = None,
@@ -435,14 +440,16 @@ def _demo(args: argparse.Namespace) -> int:
     output = args.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     used: dict[str, Any] = {}
 
+    def plan() -> None:
+        used["planned"] = plan_workers(args.n, plan=used)
+
     def factory(n: int | None) -> Executor:
-        workers = plan_workers(n, plan=used)
-        ex = Executor(max_workers=workers)
-        used["workers"] = workers   # the world is up
+        ex = Executor(max_workers=used["planned"])
+        used["workers"] = used["planned"]   # the world is up
         return ex
 
     code = cmd_run(demo_batch_path(), factory, resume=None, n=args.n, local_world=True,
-                   output=output)
+                   output=output, before_start=plan)
     if "workers" in used:
         print(f"colocate demo: ran on a local world of {used['workers']} worker(s) on core(s) "
               f"{used['cores']}; results in {output}\n"

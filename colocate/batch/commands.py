@@ -43,7 +43,8 @@ def cmd_run(batch_path: str | os.PathLike | None, executor_factory: Callable[[in
             progress: bool | str | None = None, *, drain_event: threading.Event | None = None,
             rerun_failed: bool = True, stream: IO[str] | None = None,
             local_world: bool = False, drain_grace: float | None = None,
-            output: str | os.PathLike | None = None) -> int:
+            output: str | os.PathLike | None = None,
+            before_start: Callable[[], Any] | None = None) -> int:
     """Run (or resume) a batch: validate everything, then start an executor and run the tasks.
 
     Args:
@@ -68,6 +69,8 @@ def cmd_run(batch_path: str | os.PathLike | None, executor_factory: Callable[[in
             (an owned world applies its own ``server.drain_grace``); None waits for them.
         output: the run directory (``--output``), relative to the current directory; it
             overrides the batch's ``output:`` (which is relative to the batch file).
+        before_start: called after the batch is validated and before the run directory is
+            made (e.g. to size a local world); a ``ConfigError`` from it exits 2, nothing made.
 
     Returns:
         The exit code (see the module docstring).
@@ -76,6 +79,8 @@ def cmd_run(batch_path: str | os.PathLike | None, executor_factory: Callable[[in
     notes: list[str] = []
     try:
         spec, path, resuming = plan_run(batch_path, resume, output, notes)
+        if before_start is not None:
+            before_start()
         rd = RunDir.open_for_resume(path, spec) if resuming else RunDir.create(path, spec)
     except ConfigError as exc:
         print(f"colocate: error: {exc}", file=err, flush=True)
