@@ -249,3 +249,15 @@ def test_the_log_says_embedded_and_gives_the_sandbox_in_one_readable_line(sweep)
     assert "cgroup" in sandbox and (" core " in sandbox or " cores " in sandbox), sandbox
     assert "embedded in the application's MPI job" in proc.stderr, proc.stderr
     assert "address /" not in proc.stderr, proc.stderr    # no address file to name
+
+
+@pytest.mark.timeout(180)
+def test_demo_says_its_world_and_where_its_results_are(tmp_path, subprocess_env):
+    proc = run_cli("demo", "--spare-cores", "0-1", cwd=tmp_path, env=subprocess_env(),
+                   timeout=170)
+    assert proc.returncode == 0, proc.stderr
+    assert "ran on a local world of 2 worker(s) on core(s) 0-1; results in runs/demo-" in (
+        proc.stderr), proc.stderr
+    (run,) = (tmp_path / "runs").glob("demo-*")             # in the cwd, not in the package
+    assert f"colocate results runs/{run.name}" in proc.stderr, proc.stderr
+    assert (run / "results.jsonl").is_file()
