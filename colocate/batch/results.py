@@ -27,7 +27,7 @@ from typing import Any
 
 from colocate.errors import ConfigError
 
-from .journal import META, RESULTS, TASKS, RunDir
+from .journal import BATCH_COPY, META, RESULTS, TASKS, RunDir
 
 __all__ = ["FIXED_COLUMNS", "LazyArray", "StoredResult", "columns_of", "load", "render",
            "short"]
@@ -185,9 +185,10 @@ def _rows(rd: RunDir) -> list[dict]:
         if latest.get(record["task_id"], {}).get("status") != "ok":   # the first ok stands
             latest[record["task_id"]] = record
     functions = {b["name"]: b["function"] for b in rd.meta.get("blocks", [])}
+    planned = _planned_calls(rd) if len(latest) < len(rd.task_ids) else {}
     rows = []
     for task_id in rd.task_ids:
-        record = latest.get(task_id)
+        record = latest.get(task_id) or planned.get(task_id)
         block = record["block"] if record else task_id.rsplit("-", 2)[0]
         row: dict[str, Any] = {"task": task_id, "block": block}
         if record is not None:
@@ -201,9 +202,25 @@ def _rows(rd: RunDir) -> list[dict]:
     return rows
 
 
+def _planned_calls(rd: RunDir) -> dict[str, dict]:
+    """The calls of the run's batch copy, for tasks with no record yet (``status: not run``)."""
+    from .schema import parse_batch
+    copies = sorted(rd.path.glob("batch.*.yaml"), key=lambda p: int(p.stem.split(".")[1]))
+    copy = copies[-1] if copies else rd.path / BATCH_COPY
+    try:
+        spec = parse_batch(copy.read_text(encoding="utf-8"), source=str(copy),
+                           base_dir=rd.meta.get("base_dir") or rd.path, resolve=False,
+                           check_output=False)
+    except (OSError, ValueError, ConfigError):
+        return {}   # the rows of unrun tasks then show their ids only
+    return {t.task_id: {"task_id": t.task_id, "block": t.block, "function": t.function,
+                        "args": list(t.args), "kwargs": t.kwargs, "status": "not run"}
+            for t in spec.tasks}
+
+
 def _outcome(run_dir: Path, record: dict | None) -> dict[str, Any]:
     out: dict[str, Any] = {k: None for k in TAIL if k != "function"}
-    if record is None:
+    if record is None or record["status"] == "not run":
         out["status"] = "not run"
         return out
     out["status"] = record["status"]
