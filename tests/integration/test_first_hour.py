@@ -261,3 +261,57 @@ def test_demo_says_its_world_and_where_its_results_are(tmp_path, subprocess_env)
     (run,) = (tmp_path / "runs").glob("demo-*")             # in the cwd, not in the package
     assert f"colocate results runs/{run.name}" in proc.stderr, proc.stderr
     assert (run / "results.jsonl").is_file()
+
+
+def readme_block(after: str) -> list[str]:
+    """The command lines of the first ```bash block after the line starting with ``after``."""
+    text = (REPO / "README.md").read_text()
+    rest = text[text.index("\n" + after):]
+    block = rest[rest.index("```bash\n") + 8:]
+    return [line.split("  #")[0].strip() for line in block[:block.index("```")].splitlines()
+            if line.strip()]
+
+
+@pytest.mark.timeout(240)
+def test_the_readme_sweep_stop_resume_and_pandas_in_three_commands(tmp_path, subprocess_env):
+    import json
+    import shlex
+    import signal
+    import time
+    pytest.importorskip("pandas")
+    commands = readme_block("A sweep, stopped with Ctrl-C")
+    assert len(commands) == 3, commands
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "pi-sweep.yaml").write_text(
+        (REPO / "configs" / "pi-sweep.yaml").read_text())
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "kernels.py").write_text((REPO / "examples/kernels.py").read_text())
+    env = subprocess_env()
+
+    def argv(line: str) -> list[str]:
+        words = shlex.split(line)
+        return ([sys.executable, "-m", "colocate", *words[1:]] if words[0] == "colocate"
+                else [sys.executable, *words[1:]])
+
+    journal = tmp_path / "runs" / "pi-sweep" / "results.jsonl"
+    first = subprocess.Popen(argv(commands[0]), cwd=tmp_path, env=env, text=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while first.poll() is None and not (journal.exists() and journal.read_text()):
+        assert time.monotonic() < deadline, "no result within 120 s"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGINT)           # Ctrl-C (a no-op if the sweep just finished)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode in (0, 3), err      # drained (3) or, on a fast machine, done
+    kept = [json.loads(line) for line in journal.read_text().splitlines()]
+    second = subprocess.run(argv(commands[1]), cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert second.returncode == 0, second.stderr
+    assert f"{6 - len(kept)} of 6 tasks to run" in second.stderr, second.stderr
+    third = subprocess.run(argv(commands[2]), cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert third.returncode == 0, third.stderr
+    table = third.stdout.splitlines()
+    assert table[0].split() == ["samples", "seed", "result"], third.stdout
+    assert len(table) == 2 + 6 and all(3.0 < float(r.split()[-1]) < 3.3 for r in table[2:])
