@@ -58,7 +58,7 @@ from colocate.errors import ConfigError
 
 from ._yaml import BatchConfigError, MarkedDict, MarkedList, line_of, load_marked
 from .data import check_npy, refs_in
-from .functions import resolve_exception, resolve_function, split_ref
+from .functions import resolve_exception, resolve_function, split_ref, unexpected_arguments
 
 __all__ = ["BatchConfigError", "BatchSpec", "BlockSpec", "TaskOptions", "TaskSpec", "UNSET",
            "load_batch", "parse_batch"]
@@ -435,8 +435,9 @@ class _Parser:
             bare = signature.replace(
                 parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
                 return_annotation=signature.empty)
+            why = unexpected_arguments(signature, call.kwargs) or exc
             raise BatchConfigError(
-                f"the call does not fit {ref}{bare}: {_unexpected(signature, call) or exc}",
+                f"the call does not fit {ref}{bare}: {why}",
                 source=self.source, key=call.key, line=call.line) from None
         self._fits.add(shape)
 
@@ -592,24 +593,6 @@ def output_problem(path: Path) -> str | None:
         return (f"the run directory {str(path)!r} cannot be {verb}: {str(existing)!r} is not "
                 f"writable ({exc.strerror})")
     return None
-
-
-def _unexpected(signature: inspect.Signature, call: _Call) -> str | None:
-    """Name the keyword arguments ``signature`` has no parameter for, with a "did you mean"."""
-    params = signature.parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = [k for k in call.kwargs if k not in names]
-    if not unknown:
-        return None
-    parts = []
-    for k in unknown:
-        close = difflib.get_close_matches(k, [n for n in names if n not in call.kwargs], n=1)
-        parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    plural = "s" if len(unknown) > 1 else ""
-    return (f"unexpected keyword argument{plural} {', '.join(parts)}; "
-            f"the function takes {', '.join(map(repr, names)) or 'no keyword arguments'}")
 
 
 def _task_id(block: str, index: int, ref: str, args: tuple, kwargs: dict) -> str:
