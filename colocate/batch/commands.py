@@ -199,8 +199,8 @@ def cmd_results(run_dir: str | os.PathLike, fmt: str = "table",
 
 
 def plan_run(batch_path: str | os.PathLike | None, resume: bool | str | os.PathLike | None,
-          output: str | os.PathLike | None = None,
-          notes: list[str] | None = None) -> tuple[BatchSpec, Path, bool]:
+             output: str | os.PathLike | None = None,
+             notes: list[str] | None = None) -> tuple[BatchSpec, Path, bool]:
     """Load the batch and choose the run directory: ``(spec, path, resuming)``.
 
     ``output`` (``--output``) overrides the batch's ``output:``, relative to the current
