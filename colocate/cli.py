@@ -1,4 +1,4 @@
-"""The ``colocate`` command line: serve, stop, status, info, run, submit, report, demo.
+"""The ``colocate`` command line: serve, stop, status, info, run, submit, report, results, demo.
 
 Exit codes: 0 success; 1 some tasks failed (``run``/``submit``) or the server could not be
 reached; 2 invalid input (bad option, configuration or batch file), reported before anything
@@ -20,12 +20,41 @@ from .errors import ColocateError, ConfigError
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
+DESCRIPTION = """\
+Serve Python functions on the spare cores of an HPC allocation, and run YAML batches of
+function calls on them.
+
+  colocate demo                      a built-in batch on a local world, to try it out
+  colocate run BATCH.yaml            run a batch; results go to its run directory
+  colocate results RUN_DIR           one row per task: arguments, status, result
+  mpiexec -n N colocate serve        a long-lived world that clients and batches share
+"""
+
+EPILOG = """\
+exit codes: 0 success; 1 some tasks failed (run, submit) or the server could not be reached;
+2 invalid input (bad option, configuration or batch file), reported before anything runs;
+3 tasks are left to do (drained, or the world broke): colocate run --resume RUN_DIR;
+130 stopped by a second Ctrl-C or SIGTERM.
+
+Paths in a batch file are relative to the batch file; --output is relative to the current
+directory. Run "colocate COMMAND --help" for a command's options.
+"""
+
+CONFIG_HELP = "configuration file (default: built-in defaults, see colocate/defaults.yaml)"
+
+
+def _sub(sub: Any, name: str, text: str, description: str | None = None) -> Any:
+    return sub.add_parser(name, help=text, description=description or text[0].upper() + text[1:]
+                          + ".", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="colocate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="colocate", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("serve", help="run a world: mpiexec -n N colocate serve")
-    s.add_argument("--config", help="configuration file (see colocate/defaults.yaml)")
+    s = _sub(sub, "serve", "run a world: mpiexec -n N colocate serve")
+    s.add_argument("--config", help=CONFIG_HELP)
     s.add_argument("--address-file", help="where to write the address (default: "
                    "server.address_file)")
     s.add_argument("--owner", metavar="PID[:START]",
@@ -34,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                    "starts); without it, the world runs until stopped")
 
     for name, text in (("stop", "stop a running server"), ("status", "show a server's state")):
-        c = sub.add_parser(name, help=text)
+        c = _sub(sub, name, text)
         c.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"),
                        help="the server's address file (or COLOCATE_ADDRESS)")
         if name == "stop":
@@ -42,42 +71,75 @@ def _parser() -> argparse.ArgumentParser:
         else:
             c.add_argument("--json", action="store_true", help="print JSON")
 
-    i = sub.add_parser("info", help="show cores, spare cores, memory, GPUs and controls")
-    i.add_argument("--config")
+    i = _sub(sub, "info", "show cores, spare cores, memory, GPUs and controls")
+    i.add_argument("--config", help=CONFIG_HELP)
     i.add_argument("--json", action="store_true", help="print JSON")
 
-    r = sub.add_parser("run", help="run a YAML batch")
+    r = _sub(sub, "run", "run a YAML batch",
+             "Run a YAML batch on a local world (or a running server with --address).\n\n"
+             "Results go to the batch's output: directory (relative to the batch file), or\n"
+             "runs/<name>-<time> beside it; --output overrides. The first Ctrl-C drains, the\n"
+             "second stops at once; colocate run --resume RUN_DIR finishes the rest.")
     r.add_argument("batch", nargs="?", help="the batch file (optional with --resume RUN_DIR)")
     r.add_argument("-n", type=int, help="workers of the local world (default: spare cores)")
     r.add_argument("--resume", metavar="RUN_DIR", nargs="?", const=True,
                    help="run only the tasks with no result in RUN_DIR (default: the batch's "
                    "output directory)")
+    r.add_argument("--output", metavar="DIR",
+                   help="the run directory, relative to the current directory (overrides the "
+                   "batch's output:)")
     r.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"),
-                   help="use a running server instead of a local world")
-    r.add_argument("--config", help="configuration file for a local world (see "
-                   "colocate/defaults.yaml)")
+                   help="use a running server instead of a local world (or COLOCATE_ADDRESS)")
+    r.add_argument("--config", help="configuration file for a local world (default: "
+                   "built-in defaults, see colocate/defaults.yaml)")
     r.add_argument("--spare-cores", metavar="LIST",
                    help="cores a local world may use, e.g. 0-3, or all, or auto (default: "
                    "co_location.spare_cores)")
     r.add_argument("--no-progress", action="store_true", help="no progress display")
 
-    b = sub.add_parser("submit", help="send a YAML batch to a running server")
-    b.add_argument("batch")
-    b.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"))
+    b = _sub(sub, "submit", "send a YAML batch to a running server",
+             "Send a YAML batch to a running server and return; a recorder in the background\n"
+             "writes the run directory, and its log goes there too (submit-<time>.log).\n"
+             "With --wait, stay and show progress instead.")
+    b.add_argument("batch", nargs="?", help="the batch file (optional with --resume RUN_DIR)")
+    b.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"),
+                   help="the server's address file (or COLOCATE_ADDRESS)")
     b.add_argument("--wait", action="store_true",
                    help="stay and show progress until every result is recorded (without it, "
                    "a recorder in the background writes the run directory)")
-    b.add_argument("--resume", metavar="RUN_DIR", nargs="?", const=True)
-    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--resume", metavar="RUN_DIR", nargs="?", const=True,
+                   help="send only the tasks with no result in RUN_DIR (default: the batch's "
+                   "output directory)")
+    b.add_argument("--output", metavar="DIR",
+                   help="the run directory, relative to the current directory (overrides the "
+                   "batch's output:)")
+    b.add_argument("--no-progress", action="store_true", help="no progress display (--wait)")
 
-    rep = sub.add_parser("report", help="summarize a run directory")
-    rep.add_argument("run_dir")
+    rep = _sub(sub, "report", "summarize a run directory: counts, failures, first rows")
+    rep.add_argument("run_dir", help="a directory written by colocate run or submit")
     rep.add_argument("--plot", metavar="FILE.png", help="draw a timeline (needs colocate[plot])")
+    rep.add_argument("--rows", type=int, default=5, metavar="N",
+                     help="show the first N task rows (default: 5; 0 for none)")
 
-    d = sub.add_parser("demo", help="run the built-in demo batch on a local world")
+    res = _sub(sub, "results", "print one row per task of a run directory",
+               "Print one row per task of a run directory: its arguments, status, a short\n"
+               "result (a value, or an array's dtype and shape), worker and time.\n"
+               "In Python: colocate.batch.load(RUN_DIR), or load(RUN_DIR, frame=True) for a\n"
+               "pandas DataFrame (pip install 'colocate[results]').")
+    res.add_argument("run_dir", help="a directory written by colocate run or submit")
+    res.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                     help="table (default), csv or json")
+    res.add_argument("--columns", metavar="NAMES",
+                     help="comma-separated columns to show, in order (default: task, the "
+                     "arguments, status, result, worker, seconds); an unknown name lists the "
+                     "columns there are")
+
+    d = _sub(sub, "demo", "run the built-in demo batch on a local world")
     d.add_argument("-n", type=int, help="workers (default: spare cores)")
     d.add_argument("--spare-cores", metavar="LIST",
                    help="cores the world may use, e.g. 0-3, or all, or auto")
+    d.add_argument("--output", metavar="DIR",
+                   help="the run directory (default: runs/demo-<time> in the current directory)")
     return p
 
 
@@ -95,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"colocate {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # e.g. `colocate results RUN_DIR | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -226,19 +291,27 @@ def _run(args: argparse.Namespace) -> int:
     if not args.address and _launched_by_mpi():
         return _run_in_this_world(args, progress)
 
+    planned: dict[str, Any] = {}
+
+    def plan() -> None:   # before the run directory is made: a refusal leaves nothing behind
+        planned["workers"] = plan_workers(args.n, args.config)
+
     def factory(n: int | None) -> Executor:
         if args.address:
             return Executor(address=args.address)
-        return Executor(max_workers=plan_workers(n, args.config), config=args.config)
+        return Executor(max_workers=planned["workers"], config=args.config)
 
     return cmd_run(args.batch, factory, resume=args.resume, n=args.n, progress=progress,
-                   local_world=not args.address, drain_grace=_drain_grace(args.config))
+                   local_world=not args.address, drain_grace=_drain_grace(args.config),
+                   output=args.output, before_start=None if args.address else plan)
 
 
-def plan_workers(n: int | None, config_file: str | None = None, stream: Any = None) -> int:
+def plan_workers(n: int | None, config_file: str | None = None, stream: Any = None,
+                 plan: dict | None = None) -> int:
     """The workers of a local world, said in one line (and one warning if they share cores).
 
-    ``n``: the ``-n`` asked for (None: one per spare core). Returns the number to start.
+    ``n``: the ``-n`` asked for (None: one per spare core). Returns the number to start;
+    ``plan``, if given, gets ``cores`` (the spare cores, as a list like ``0-3``).
     """
     from . import config
     from .colocation.cpulist import format_cpulist
@@ -253,6 +326,8 @@ def plan_workers(n: int | None, config_file: str | None = None, stream: Any = No
                           "for every allowed core), or see `colocate info`",
                           key="co_location.spare_cores")
     workers = n if n is not None else len(spare)
+    if plan is not None:
+        plan["cores"] = format_cpulist(spare)
     print(f"colocate: local world: {world_plan(spare, workers)}", file=err, flush=True)
     if workers > len(spare):
         others = format_cpulist(found.host_cores) or "none"
@@ -288,7 +363,7 @@ def _run_in_this_world(args: argparse.Namespace, progress: bool | None) -> int:
         if ex is None:
             return EXIT_OK
         return cmd_run(args.batch, lambda n: contextlib.nullcontext(ex), resume=args.resume,
-                       progress=progress)
+                       progress=progress, output=args.output)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -299,57 +374,90 @@ def _submit(args: argparse.Namespace) -> int:
         return _submit_detached(args, address)
     progress = False if args.no_progress else None
     return cmd_run(args.batch, lambda n: Executor(address=address), resume=args.resume,
-                   progress=progress, drain_grace=_drain_grace(None))
+                   progress=progress, drain_grace=_drain_grace(None), output=args.output)
 
 
 def _submit_detached(args: argparse.Namespace, address: str) -> int:
     """Check the batch and the server now, then leave the run to a recorder in the background.
 
     The recorder is ``colocate submit --wait`` in a session of its own: it writes the run
-    directory as results arrive and survives this shell. Its output goes to a log file.
+    directory as results arrive and survives this shell. The run directory is chosen here and
+    handed to it, so that its log (``submit-<time>.log``) can live inside it from the start.
     """
     import subprocess
     import time
 
     from . import address as addr
-    from .batch.schema import load_batch
-    if args.batch is None:
-        raise ConfigError("submit needs a batch file")
-    spec = load_batch(args.batch)
+    from .batch.commands import plan_run
+    notes: list[str] = []
+    spec, run_dir, resuming = plan_run(args.batch, args.resume, args.output, notes)
     addr.read(address)   # fail now, not in the background, if there is no server
-    out = spec.output or f"runs/{spec.name}-<timestamp> (named in the log)"
-    log_path = os.path.abspath(f"colocate-submit-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-                               ".log")
-    cmd = [sys.executable, "-m", "colocate", "submit", args.batch, "--address", address,
-           "--wait", "--no-progress"]
-    if args.resume:
-        cmd += ["--resume"] + ([] if args.resume is True else [str(args.resume)])
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the run directory {run_dir} ({e.strerror}); pass "
+                          "--output DIR to put it elsewhere") from None
+    log_path = run_dir / f"submit-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    cmd = [sys.executable, "-m", "colocate", "submit", "--address", address, "--wait",
+           "--no-progress"]
+    if resuming:
+        cmd += ([args.batch] if args.batch else []) + ["--resume", str(run_dir)]
+    else:
+        cmd += [args.batch, "--output", str(run_dir.absolute())]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
+    for note in notes:
+        print(f"colocate: note: {note}")
     print(f"submitted batch {spec.name!r} ({len(spec.tasks)} tasks) to {address}\n"
-          f"  results: {out}\n  recorder: pid {proc.pid}, log {log_path}\n"
-          f"  follow with: colocate status --address {address}; colocate report {out}")
+          f"  results: {run_dir}\n  recorder: pid {proc.pid}, log {log_path}\n"
+          f"  follow with: colocate status --address {address}; colocate report {run_dir}")
     return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:
     from .batch.commands import cmd_report
-    return cmd_report(args.run_dir, args.plot)
+    return cmd_report(args.run_dir, args.plot, rows=args.rows)
+
+
+def _results(args: argparse.Namespace) -> int:
+    from .batch.commands import cmd_results
+    columns = None if args.columns is None else [c.strip() for c in args.columns.split(",")
+                                                 if c.strip()]
+    return cmd_results(args.run_dir, args.format, columns)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from importlib import resources
+    import time
 
     from .batch.commands import cmd_run
     from .client import Executor
+    from .demo import demo_batch_path
     if args.spare_cores:
         os.environ["COLOCATE_CO_LOCATION_SPARE_CORES"] = args.spare_cores
-    batch = resources.files("colocate").joinpath("demo/demo.yaml")
-    with resources.as_file(batch) as path:
-        return cmd_run(path, lambda n: Executor(max_workers=plan_workers(n)), resume=None,
-                       n=args.n, local_world=True)
+    # The demo's batch file lives in the installed package: its run goes to the current
+    # directory instead of beside it.
+    output = args.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    used: dict[str, Any] = {}
+
+    def plan() -> None:
+        used["planned"] = plan_workers(args.n, plan=used)
+
+    def factory(n: int | None) -> Executor:
+        ex = Executor(max_workers=used["planned"])
+        used["workers"] = used["planned"]   # the world is up
+        return ex
+
+    code = cmd_run(demo_batch_path(), factory, resume=None, n=args.n, local_world=True,
+                   output=output, before_start=plan)
+    if "workers" in used:
+        print(f"colocate demo: ran on a local world of {used['workers']} worker(s) on core(s) "
+              f"{used['cores']}; results in {output}\n"
+              f"  see them with: colocate results {output}\n"
+              f"  or in Python:  colocate.batch.load({output!r}, frame=True)", file=sys.stderr,
+              flush=True)
+    return code
 
 
 _COMMANDS = {"serve": _serve, "stop": _stop, "status": _status, "info": _info, "run": _run,
-             "submit": _submit, "report": _report, "demo": _demo}
+             "submit": _submit, "report": _report, "results": _results, "demo": _demo}

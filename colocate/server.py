@@ -30,6 +30,7 @@ from . import scheduler as S
 from ._owner import OwnerWatch
 from .address import Address
 from .bell import Bell, answer
+from .colocation.sandbox import describe_sandbox
 from .idle import Backoff
 from .messages import (
     Bye,
@@ -233,9 +234,8 @@ class Server:
                          else "resumed (the host left its core)")
                 self._apply(S.WorkerPaused(rank, msg.paused))
             elif kind is WorkerHello:
-                log.info("worker rank %d on %s, cores %s, sandbox %s, cgroup %s, guard %s", rank,
-                         msg.node, list(msg.cores), msg.detail.get("sandbox"),
-                         msg.detail.get("cgroup"), msg.detail.get("guard"))
+                log.info("worker rank %d on %s: %s", rank, msg.node, describe_sandbox(
+                    msg.detail.get("sandbox"), msg.detail.get("cgroup"), msg.detail.get("guard")))
                 self.stores[rank] = msg.store
                 if msg.tasks is not None:
                     self.task_ports[rank] = tuple(msg.tasks)

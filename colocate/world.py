@@ -158,7 +158,12 @@ def serve(cfg: dict, address_file: str | None, comm: Any = None,
             address.write()
         if on_ready is not None:
             on_ready(address)
-        log.info("serving %d worker rank(s); address %s", size - 1, address.path or "(embedded)")
+        if address_file:
+            log.info("serving %d worker rank(s); address %s", size - 1, address.path)
+        else:
+            log.info("serving %d worker rank(s), embedded in the application's MPI job: its "
+                     "%d client rank(s) were told the address directly (no address file)",
+                     size - 1, expect_clients or 0)
         try:
             server.run()
         finally:

@@ -8,12 +8,13 @@ Modules, in the order data flows through them:
 - ``runner``: submit the remaining tasks with bounded in-flight work, record each result.
 - ``progress``: tqdm bar on a TTY, plain log lines otherwise, the summary table.
 - ``report``: summary of a run directory and a timeline plot (matplotlib, optional).
-- ``commands``: the bodies of ``colocate run`` and ``colocate report``.
+- ``results``: one row per task (``load``, also as a pandas DataFrame), arrays read lazily.
+- ``commands``: the bodies of ``colocate run``, ``report`` and ``results``.
 
 The format is documented in ``docs/batch.md``. Nothing here imports MPI.
 """
 
-from .commands import cmd_report, cmd_run
+from .commands import cmd_report, cmd_results, cmd_run
 from .functions import resolve_exception, resolve_function
 from .journal import (
     EXIT_CONFIG,
@@ -26,6 +27,7 @@ from .journal import (
 )
 from .progress import Progress, format_summary
 from .report import plot_timeline, render_summary, summarize
+from .results import LazyArray, StoredResult, load
 from .runner import exit_code, run_batch
 from .schema import (
     UNSET,
@@ -40,9 +42,10 @@ from .schema import (
 
 __all__ = [
     "EXIT_CONFIG", "EXIT_FAILED", "EXIT_INCOMPLETE", "EXIT_OK", "UNSET",
-    "BatchConfigError", "BatchSpec", "BlockSpec", "Progress", "RunDir", "RunSummary",
-    "TaskOptions", "TaskSpec",
-    "cmd_report", "cmd_run", "exit_code", "format_summary", "iter_records", "load_batch",
+    "BatchConfigError", "BatchSpec", "BlockSpec", "LazyArray", "Progress", "RunDir",
+    "RunSummary", "StoredResult", "TaskOptions", "TaskSpec",
+    "cmd_report", "cmd_results", "cmd_run", "exit_code", "format_summary", "iter_records",
+    "load", "load_batch",
     "parse_batch", "plot_timeline", "render_summary", "resolve_exception", "resolve_function",
     "run_batch", "summarize",
 ]

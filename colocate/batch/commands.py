@@ -27,10 +27,13 @@ from colocate.errors import ColocateError, ConfigError
 from .journal import BATCH_COPY, EXIT_CONFIG, EXIT_INCOMPLETE, META, RunDir, RunSummary
 from .progress import Progress, format_summary
 from .report import plot_timeline, render_summary, summarize
+from .results import default_columns, pick_columns
+from .results import load as load_results
+from .results import render as render_results
 from .runner import run_batch
-from .schema import DEFAULT_RUNS_DIR, BatchSpec, load_batch
+from .schema import DEFAULT_RUNS_DIR, BatchSpec, load_batch, output_problem
 
-__all__ = ["cmd_report", "cmd_run"]
+__all__ = ["cmd_report", "cmd_results", "cmd_run", "plan_run"]
 
 EXIT_SIGNAL = 130
 
@@ -39,7 +42,9 @@ def cmd_run(batch_path: str | os.PathLike | None, executor_factory: Callable[[in
             resume: bool | str | os.PathLike | None = None, n: int | None = None,
             progress: bool | str | None = None, *, drain_event: threading.Event | None = None,
             rerun_failed: bool = True, stream: IO[str] | None = None,
-            local_world: bool = False, drain_grace: float | None = None) -> int:
+            local_world: bool = False, drain_grace: float | None = None,
+            output: str | os.PathLike | None = None,
+            before_start: Callable[[], Any] | None = None) -> int:
     """Run (or resume) a batch: validate everything, then start an executor and run the tasks.
 
     Args:
@@ -62,17 +67,26 @@ def cmd_run(batch_path: str | os.PathLike | None, executor_factory: Callable[[in
             tasks are taken back and a shared server is left alone.
         drain_grace: seconds a drain waits for running tasks of a world this run does not own
             (an owned world applies its own ``server.drain_grace``); None waits for them.
+        output: the run directory (``--output``), relative to the current directory; it
+            overrides the batch's ``output:`` (which is relative to the batch file).
+        before_start: called after the batch is validated and before the run directory is
+            made (e.g. to size a local world); a ``ConfigError`` from it exits 2, nothing made.
 
     Returns:
         The exit code (see the module docstring).
     """
     err = stream if stream is not None else sys.stderr
+    notes: list[str] = []
     try:
-        spec, path, resuming = _plan(batch_path, resume)
+        spec, path, resuming = plan_run(batch_path, resume, output, notes)
+        if before_start is not None:
+            before_start()
         rd = RunDir.open_for_resume(path, spec) if resuming else RunDir.create(path, spec)
     except ConfigError as exc:
         print(f"colocate: error: {exc}", file=err, flush=True)
         return EXIT_CONFIG
+    for note in notes:
+        print(f"colocate: note: {note}", file=err, flush=True)
     mode = {None: "auto", True: "auto", False: "off"}.get(progress, progress)   # type: ignore
     with rd:
         todo = len(rd.pending(spec.tasks, rerun_failed=rerun_failed))
@@ -125,13 +139,14 @@ def cmd_run(batch_path: str | os.PathLike | None, executor_factory: Callable[[in
 
 
 def cmd_report(run_dir: str | os.PathLike, plot: str | os.PathLike | None = None, *,
-               stream: IO[str] | None = None) -> int:
-    """Print the summary of a run directory and optionally plot its timeline.
+               stream: IO[str] | None = None, rows: int = 5) -> int:
+    """Print the summary of a run directory, its first rows, and optionally plot its timeline.
 
     Args:
         run_dir: a directory written by ``colocate run``.
         plot: a PNG path for :func:`~colocate.batch.report.plot_timeline`, or None.
         stream: where the report goes; ``sys.stdout`` by default (errors go to stderr).
+        rows: how many task rows (:mod:`~colocate.batch.results`) to show after the counts.
 
     Returns:
         0, or 2 if ``run_dir`` is not a run directory or the plot cannot be made.
@@ -139,10 +154,16 @@ def cmd_report(run_dir: str | os.PathLike, plot: str | os.PathLike | None = None
     out = stream if stream is not None else sys.stdout
     try:
         summary = summarize(run_dir)
+        table = load_results(run_dir) if rows > 0 else []
     except ConfigError as exc:
         print(f"colocate: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     print(render_summary(summary), file=out, flush=True)
+    if table:
+        first = table[:rows]
+        print(f"\nFirst {len(first)} of {len(table)} tasks (all of them: colocate results "
+              f"{run_dir}):\n" + render_results(first, default_columns(table)), file=out,
+              flush=True)
     if plot is not None:
         try:
             written = plot_timeline(run_dir, plot)
@@ -153,18 +174,69 @@ def cmd_report(run_dir: str | os.PathLike, plot: str | os.PathLike | None = None
     return 0
 
 
-def _plan(batch_path: str | os.PathLike | None,
-          resume: bool | str | os.PathLike | None) -> tuple[BatchSpec, Path, bool]:
-    """Load the batch and choose the run directory: ``(spec, path, resuming)``."""
+def cmd_results(run_dir: str | os.PathLike, fmt: str = "table",
+                columns: list[str] | None = None, *, stream: IO[str] | None = None) -> int:
+    """Print one row per task of a run directory (``colocate results``).
+
+    Args:
+        run_dir: a directory written by ``colocate run``.
+        fmt: ``"table"``, ``"csv"`` or ``"json"``.
+        columns: the columns, in order; None for task, arguments, status, result, worker,
+            seconds.
+        stream: where the rows go; ``sys.stdout`` by default (errors go to stderr).
+
+    Returns:
+        0, or 2 if ``run_dir`` is not a run directory or a column is unknown.
+    """
+    out = stream if stream is not None else sys.stdout
+    try:
+        rows = load_results(run_dir)
+        print(render_results(rows, pick_columns(rows, columns), fmt), file=out, flush=True)
+    except ConfigError as exc:
+        print(f"colocate: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    return 0
+
+
+def plan_run(batch_path: str | os.PathLike | None, resume: bool | str | os.PathLike | None,
+             output: str | os.PathLike | None = None,
+             notes: list[str] | None = None) -> tuple[BatchSpec, Path, bool]:
+    """Load the batch and choose the run directory: ``(spec, path, resuming)``.
+
+    ``output`` (``--output``) overrides the batch's ``output:``, relative to the current
+    directory. Runs made before ``output:`` became relative to the batch file are found where
+    they are (resumed there, or named in ``notes`` when a new run starts elsewhere).
+    """
+    notes = notes if notes is not None else []
     if resume is None or resume is False or resume is True:
         if batch_path is None:
             raise ConfigError("no batch file given; pass BATCH.yaml (or --resume RUN_DIR)")
-        spec = load_batch(batch_path)
+        spec = load_batch(batch_path, check_output=output is None)
+        chosen = Path(output).expanduser() if output is not None else None
+        if chosen is not None:
+            why = output_problem(chosen)
+            if why:
+                raise ConfigError(f"--output {output}: {why}; choose another directory")
+        old = None if chosen is not None else _old_location(spec)
         if resume is True:
-            path = spec.output or _latest_run(spec.name)
+            path = chosen or spec.output or _latest_run(spec.name, spec.base_dir / DEFAULT_RUNS_DIR)
             if path is not None and RunDir.is_run_dir(path):
-                return spec, path, True
-        return spec, spec.output or _fresh_default(spec), False
+                return spec, _shown(path), True
+            if old is not None:
+                notes.append(f"found this batch's run in {_shown(old)}, where runs went when "
+                             "'output' was relative to the current directory; resuming it "
+                             f"there (new runs of {spec.source} go to {_shown(_new_home(spec))})")
+                return spec, _shown(old), True
+        path = chosen or spec.output or _fresh_default(spec)
+        if old is not None:
+            notes.append(f"an earlier run of this batch is in {_shown(old)} (made when 'output' "
+                         "was relative to the current directory); this one goes to "
+                         f"{_shown(path)}. To continue the earlier one instead: colocate run "
+                         f"{spec.source} --resume {_shown(old)}")
+        return spec, _shown(path), False
+    if output is not None:
+        raise ConfigError(f"--output {output} and --resume {resume} both name a run directory; "
+                          "a resume continues RUN_DIR where it is: drop --output")
     path = Path(resume)
     if not RunDir.is_run_dir(path):
         RunDir.read(path)   # raises the ConfigError that says why
@@ -178,16 +250,48 @@ def _plan(batch_path: str | os.PathLike | None,
     return spec, path, True
 
 
-def _latest_run(name: str) -> Path | None:
-    """The newest ``runs/<name>-<stamp>`` holding a run of batch ``name``."""
-    def is_run_of(path: Path) -> bool:
-        try:
-            return json.loads((path / META).read_text()).get("name") == name
-        except (OSError, ValueError):
-            return False
+def _shown(path: Path) -> Path:
+    """``path`` relative to the current directory when it lies below it (shorter messages)."""
+    try:
+        return path.relative_to(Path.cwd()) if path.is_absolute() else path
+    except ValueError:
+        return path
 
-    runs = sorted(p for p in DEFAULT_RUNS_DIR.glob(f"{name}-*") if is_run_of(p))
-    return runs[-1] if runs else None
+
+def _new_home(spec: BatchSpec) -> Path:
+    return spec.output or spec.base_dir / DEFAULT_RUNS_DIR
+
+
+def _is_run_of(path: Path, name: str) -> bool:
+    try:
+        return json.loads((path / META).read_text()).get("name") == name
+    except (OSError, ValueError):
+        return False
+
+
+def _old_location(spec: BatchSpec) -> Path | None:
+    """A run of ``spec`` where it went before paths became relative to the batch file.
+
+    Until then ``output:`` and the default ``runs/`` were relative to the current directory.
+    None if that is the same place as now, or holds no run of this batch.
+    """
+    cwd = Path.cwd()
+    if spec.output_written is not None:
+        old = Path(spec.output_written).expanduser()
+        if old.is_absolute():
+            return None
+        old = cwd / old
+        same = os.path.normpath(old) == os.path.normpath(spec.output or "")
+        return old if not same and _is_run_of(old, spec.name) else None
+    if (cwd / DEFAULT_RUNS_DIR).resolve() == (spec.base_dir / DEFAULT_RUNS_DIR).resolve():
+        return None
+    return _latest_run(spec.name, cwd / DEFAULT_RUNS_DIR)
+
+
+def _latest_run(name: str, runs: Path) -> Path | None:
+    """The newest ``<runs>/<name>-<stamp>`` holding a run of batch ``name``."""
+    found = sorted(p for p in runs.glob(f"{name}-*") if _is_run_of(p, name))
+    return found[-1] if found else None
 
 
 def _fresh_default(spec: BatchSpec) -> Path:

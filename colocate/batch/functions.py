@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -93,6 +94,27 @@ def resolve_function(ref: str, base_dir: str | os.PathLike | None = None) -> Cal
         raise ConfigError(f"{ref!r} is a {type(obj).__name__}, not a callable; "
                           "name a function (or another callable) in the module")
     return obj
+
+
+def unexpected_arguments(signature: inspect.Signature, kwargs: dict) -> str | None:
+    """Name the keyword arguments ``signature`` has no parameter for, with a "did you mean".
+
+    None when every keyword fits (or the function takes ``**kwargs``).
+    """
+    params = signature.parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in names]
+    if not unknown:
+        return None
+    parts = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, [n for n in names if n not in kwargs], n=1)
+        parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(unknown) > 1 else ""
+    return (f"unexpected keyword argument{plural} {', '.join(parts)}; "
+            f"the function takes {', '.join(map(repr, names)) or 'no keyword arguments'}")
 
 
 def _import_module(name: str) -> ModuleType:

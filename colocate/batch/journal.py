@@ -11,11 +11,13 @@ Layout of a run directory::
       results/          <task_id>.npy (ndarray results), .pkl (other non-JSON results),
                         .json (JSON results larger than INLINE_LIMIT)
       summary.json      counts, wall time and core-seconds, rewritten when a session ends
+      submit-<time>.log the output of a background recorder (``colocate submit``)
       .lock             held (flock) by the session writing to the directory
 
 A record holds ``task_id, block, function, args, kwargs, options, status`` (``ok``, ``failed``
 or ``interrupted``), ``result`` (the JSON value, or null) and ``result_file``/``result_kind``
-(``npy``, ``pickle``, ``json``) when the result lives in ``results/``, ``error`` (``type``,
+(``npy``, ``pickle``, ``json``) when the result lives in ``results/`` (arrays also carry
+``result_shape`` and ``result_dtype``), ``error`` (``type``,
 ``module``, ``message``, ``traceback``) for failures, ``worker`` (``node``, ``rank``,
 ``cores``), ``started``/``finished`` (epoch seconds), ``attempts``, ``session`` and
 ``recorded``. A result file is written (to a temporary name, fsynced, renamed) before the
@@ -331,10 +333,9 @@ class RunDir:
 
     @classmethod
     def _open(cls, path: Path, *, writable: bool) -> RunDir:
-        if not cls.is_run_dir(path):
-            what = "does not exist" if not path.exists() else "has no meta.json"
-            raise ConfigError(f"{path} is not a colocate run directory ({what}); give the "
-                              "directory a `colocate run` wrote (its 'output')")
+        if not cls.is_run_dir(path) or not (path / RESULTS).is_file():
+            from .results import check_run_dir
+            check_run_dir(path)   # raises the ConfigError that says what is there instead
         try:
             meta = json.loads((path / META).read_text())
             ids = (path / TASKS).read_text().split()
@@ -481,7 +482,8 @@ class RunDir:
         if np is not None and isinstance(result, np.ndarray) and result.dtype != object:
             name = f"{RESULTS_DIR}/{task_id}.npy"
             _write_atomic(self.path / name, lambda f: np.save(f, result, allow_pickle=False))
-            record.update(result_file=name, result_kind="npy")
+            record.update(result_file=name, result_kind="npy", result_shape=list(result.shape),
+                          result_dtype=str(result.dtype))
             return
         try:
             text = json.dumps(_jsonable(result), separators=(",", ":"))

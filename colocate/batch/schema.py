@@ -6,6 +6,10 @@ The full reference, with examples, is ``docs/batch.md``. In short::
 
     name: pi-sweep                      # optional; default: the file name without .yaml
     output: runs/pi-sweep               # optional; default: runs/<name>-<YYYYmmdd-HHMMSS>
+
+Every relative path in a batch file (``output``, ``data``, ``file.py:function``) is relative to
+the batch file's directory, and so is the default ``runs/``; ``colocate run --output DIR``
+overrides ``output`` (relative to the current directory).
     function: examples.kernels:monte_carlo_pi   # or path/to/file.py:function
     defaults: {cores: 1, memory: 1GiB, timeout: 300, retries: 1}
     tasks:
@@ -54,7 +58,7 @@ from colocate.errors import ConfigError
 
 from ._yaml import BatchConfigError, MarkedDict, MarkedList, line_of, load_marked
 from .data import check_npy, refs_in
-from .functions import resolve_exception, resolve_function, split_ref
+from .functions import resolve_exception, resolve_function, split_ref, unexpected_arguments
 
 __all__ = ["BatchConfigError", "BatchSpec", "BlockSpec", "TaskOptions", "TaskSpec", "UNSET",
            "load_batch", "parse_batch"]
@@ -150,11 +154,14 @@ class BatchSpec:
         source: the batch file as given (used in messages).
         base_dir: the directory file references are relative to.
         text: the file's text (copied into the run directory).
-        output: the run directory from ``output:``, or ``None`` for the default.
+        output: the run directory from ``output:`` (made absolute: relative to the batch
+            file's directory, as every path in a batch file is), or ``None`` for the default.
         blocks: the blocks, in file order.
         tasks: every task, block by block, in file order.
         functions: the callable for each function reference.
         data: named ``.npy`` arrays (``data:``), passed to tasks as ``{ref: NAME}``.
+        output_written: ``output:`` as written in the file (to find runs made before it was
+            relative to the batch file), or ``None``.
     """
 
     name: str
@@ -166,11 +173,12 @@ class BatchSpec:
     tasks: tuple[TaskSpec, ...]
     functions: Mapping[str, Callable] = field(default_factory=dict, repr=False, compare=False)
     data: Mapping[str, Path] = field(default_factory=dict)
+    output_written: str | None = None
 
     def default_output(self, now: _dt.datetime | None = None) -> Path:
-        """``runs/<name>-<YYYYmmdd-HHMMSS>`` (relative to the current directory)."""
+        """``runs/<name>-<YYYYmmdd-HHMMSS>`` beside the batch file."""
         stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
-        return DEFAULT_RUNS_DIR / f"{self.name}-{stamp}"
+        return self.base_dir / DEFAULT_RUNS_DIR / f"{self.name}-{stamp}"
 
 
 def load_batch(path: str | os.PathLike, *, base_dir: str | os.PathLike | None = None,
@@ -293,13 +301,7 @@ class _Parser:
             if not isinstance(top["output"], str) or not top["output"].strip():
                 self.fail(f"expected a directory path, found {_describe(top['output'])}",
                           "output", top, "output")
-            output = Path(top["output"]).expanduser()
-            if not output.is_absolute() and ".." in output.parts:
-                escapes = os.path.normpath(output).startswith("..")
-                if escapes:
-                    self.fail(f"found {top['output']!r}, which climbs out of the working "
-                              "directory; expected a path below it, or an absolute path if "
-                              "that is really where results belong", "output", top, "output")
+            output = Path(os.path.normpath(self.base_dir / Path(top["output"]).expanduser()))
         defaults = self.options(top.get("defaults", {}), OPTION_KEYS, "defaults", top, "defaults")
         data = self.data(top["data"], top) if "data" in top else {}
         if "blocks" in top:
@@ -344,9 +346,13 @@ class _Parser:
             blocks.append(BlockSpec(bname, ref, bdefaults, len(calls), line))
         spec = BatchSpec(name=name, source=self.source, base_dir=self.base_dir, text=text,
                          output=output, blocks=tuple(blocks), tasks=tuple(tasks),
-                         functions=dict(self.functions), data=data)
+                         functions=dict(self.functions), data=data,
+                         output_written=top["output"] if output else None)
         if check_output:
-            self.output(output or DEFAULT_RUNS_DIR, top if output else None)
+            why = output_problem(output or self.base_dir / DEFAULT_RUNS_DIR)
+            if why:
+                self.fail(f"{why}; choose another 'output' (or pass --output DIR)", "output",
+                          top if output else None, "output")
         return spec
 
     def data(self, node: Any, top: MarkedDict) -> dict[str, Path]:
@@ -429,28 +435,11 @@ class _Parser:
             bare = signature.replace(
                 parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
                 return_annotation=signature.empty)
+            why = unexpected_arguments(signature, call.kwargs) or exc
             raise BatchConfigError(
-                f"the call does not fit {ref}{bare}: {exc}",
+                f"the call does not fit {ref}{bare}: {why}",
                 source=self.source, key=call.key, line=call.line) from None
         self._fits.add(shape)
-
-    def output(self, path: Path, top: MarkedDict | None) -> None:
-        key = "output"
-        existing = path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if existing != path and not existing.exists():
-            existing = Path.cwd()
-        if not existing.is_dir():
-            self.fail(f"the run directory {str(path)!r} cannot be created: {str(existing)!r} "
-                      "exists and is not a directory; choose another 'output'", key, top, key)
-        try:
-            with tempfile.TemporaryFile(dir=existing, prefix=".colocate-probe-"):
-                pass
-        except OSError as exc:
-            verb = "written" if existing == path else "created"
-            self.fail(f"the run directory {str(path)!r} cannot be {verb}: {str(existing)!r} "
-                      f"is not writable ({exc.strerror}); choose another 'output'", key, top, key)
 
     # ----- tasks -------------------------------------------------------------------------------
     def tasks(self, node: Any, path: str, defaults: TaskOptions, parent: Any,
@@ -584,6 +573,26 @@ class _Parser:
                 value = tuple(value)
             values[name] = value
         return TaskOptions(**values)
+
+
+def output_problem(path: Path) -> str | None:
+    """Why the run directory ``path`` cannot be created or written, or None if it can."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != path and not existing.exists():
+        existing = Path.cwd()
+    if not existing.is_dir():
+        return (f"the run directory {str(path)!r} cannot be created: {str(existing)!r} exists "
+                "and is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".colocate-probe-"):
+            pass
+    except OSError as exc:
+        verb = "written" if existing == path else "created"
+        return (f"the run directory {str(path)!r} cannot be {verb}: {str(existing)!r} is not "
+                f"writable ({exc.strerror})")
+    return None
 
 
 def _task_id(block: str, index: int, ref: str, args: tuple, kwargs: dict) -> str:

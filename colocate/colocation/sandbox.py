@@ -149,6 +149,51 @@ def apply_sandbox(cores: list[int] | None, priority: str = "idle", threads: int 
     }
 
 
+def describe_sandbox(sandbox: dict | None, cgroup: dict | str | None, guard: str | None) -> str:
+    """One readable line about an executor's sandbox, for the server log.
+
+    ``sandbox`` is what :func:`apply_sandbox` returned, ``cgroup`` the cgroup's description (a
+    dict) or why there is none (a string), ``guard`` the guard's action (``None``: no guard).
+    E.g. ``core 1, SCHED_IDLE, autogroup nice 19, 1 thread; cgroup v1 rank1 (cpus 1, memory
+    unlimited, freezer); guard: freeze``.
+    """
+    if sandbox is None:
+        return "tasks run in the rank itself (no executor child, no sandbox)"
+    parts = []
+    sb = sandbox
+    cores = sb.get("affinity")
+    if cores:
+        from .cpulist import format_cpulist
+        parts.append(f"core{'s' if len(cores) > 1 else ''} {format_cpulist(cores)}")
+    else:
+        parts.append("not pinned")
+    policy = sb.get("policy") or "normal priority"
+    if policy != "SCHED_IDLE" and sb.get("nice"):
+        policy = f"{policy} nice {sb['nice']}"
+    parts.append(policy)
+    if sb.get("autogroup"):
+        parts.append(f"autogroup {sb['autogroup']}")
+    if sb.get("threads"):
+        parts.append(f"{sb['threads']} thread{'s' if sb['threads'] != 1 else ''}")
+    if sb.get("rlimit_as"):
+        parts.append(f"address space <= {sb['rlimit_as'] / 2**30:.1f} GiB")
+    line = ", ".join(parts)
+    if isinstance(cgroup, dict):
+        memory = cgroup.get("memory_bytes")
+        inner = [f"cpus {cgroup['cpus']}"] if cgroup.get("cpus") else []
+        inner.append("memory unlimited" if not memory else f"memory {memory / 2**30:.1f} GiB")
+        if any("freezer" in p for p in cgroup.get("paths") or ()):
+            inner.append("freezer")
+        line += f"; cgroup v{cgroup.get('version')} {cgroup.get('name')} ({', '.join(inner)})"
+    elif cgroup:
+        line += f"; cgroup {cgroup}"
+    line += f"; guard: {guard}" if guard else "; no guard"
+    refused = sb.get("refused") or {}
+    if refused:
+        line += "; refused: " + "; ".join(f"{k}: {v}" for k, v in refused.items())
+    return line
+
+
 def describe_self() -> dict:
     """Where and how the calling process runs: pid, affinity, policy, nice, current core.
 

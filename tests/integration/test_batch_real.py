@@ -111,6 +111,10 @@ def test_submit_without_wait_returns_at_once_and_a_recorder_writes_the_results(t
             assert time.monotonic() < deadline, "the recorder did not record every result"
             time.sleep(0.05)
         assert sorted(r["result"] for r in records(tmp_path / "out")) == [1, 4, 9]
+        (log,) = (tmp_path / "out").glob("submit-*.log")     # the recorder's log: in the run
+        assert f"log out/{log.name}" in sub.stdout, sub.stdout
+        assert not list(tmp_path.glob("*.log")) or [p.name for p in tmp_path.glob("*.log")] == [
+            "world.log"], "submit left a log outside the run directory"
         bad = tmp_path / "bad.yaml"
         bad.write_text("name: sq\nfunction: slow_kernels:no_such\ntasks: [{args: [1]}]\n")
         colocate("submit", str(bad), "--address", str(tmp_path / "addr"), cwd=tmp_path,

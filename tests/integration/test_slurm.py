@@ -172,10 +172,19 @@ def test_colocate_step_starts_an_mpi_world_on_the_spare_core(slurm, tmp_path, la
     assert ranks == ["2 [1] 1-1\n", "2 [1] 1-1\n"], out   # one world of 2, on the spare core
 
 
+def data_copy(tmp_path: Path, name: str) -> Path:
+    """A test batch and its function file copied into ``tmp_path``: its ``output: runs/..``
+    (relative to the batch file) then lands in the test's directory, not in tests/data."""
+    for f in (name, "where_fn.py"):
+        shutil.copy(DATA / f, tmp_path / f)
+    return tmp_path / name
+
+
 # ----- (b) the sbatch launcher, end to end ---------------------------------------------------
 def test_colocate_with_sbatch_places_host_and_functions(slurm, colocate_cli, tmp_path):
     jobid = sbatch(["-N1", "--exclusive", "--ntasks-per-node=1", "-t", "3", "-o", "out.txt",
-                    str(SBATCH), str(DATA / "where.yaml"), "--", *host_program(10)], tmp_path)
+                    str(SBATCH), str(data_copy(tmp_path, "where.yaml")), "--",
+                    *host_program(10)], tmp_path)
     info = wait_job(jobid, 150)
     out = (tmp_path / "out.txt").read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", out
@@ -195,7 +204,8 @@ def test_attach_to_a_running_job(slurm, colocate_cli, tmp_path):
     jobid = sbatch(["-N1", "--exclusive", "-t", "2", "-o", "host.txt", "--wrap",
                     L.shell_join(host)], tmp_path)
     wait_for(lambda: job_info(jobid).get("JobState") == "RUNNING", 60, "the host job to run")
-    out = subprocess.run(["bash", str(ATTACH), jobid, str(DATA / "where.yaml")], cwd=tmp_path,
+    batch = data_copy(tmp_path, "where.yaml")
+    out = subprocess.run(["bash", str(ATTACH), jobid, str(batch)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "COLOCATE_SPARE_CORES": "1"})
     try:
@@ -224,7 +234,8 @@ def _check_drained(out: str, recs: list[dict]):
 def test_warning_signal_drains_colocate(slurm, colocate_cli, tmp_path):
     """`scancel --signal=TERM --batch` stands in for Slurm's --signal=B:TERM@N warning."""
     jobid = sbatch(["-N1", "--exclusive", "--ntasks-per-node=1", "-t", "3", "-o", "out.txt",
-                    str(SBATCH), str(DATA / "where-slow.yaml"), "--", *host_program(15)],
+                    str(SBATCH), str(data_copy(tmp_path, "where-slow.yaml")), "--",
+                    *host_program(15)],
                    tmp_path, env=DRAIN_ENV)
     run_dir = tmp_path / "runs" / "where-slow"
     wait_for(lambda: sum(r["status"] == "ok" for r in records(run_dir)) >= 4, 90,
@@ -246,7 +257,7 @@ def test_walltime_signal_from_slurm(slurm, colocate_cli, tmp_path):
     """
     jobid = sbatch(["-N1", "--exclusive", "--ntasks-per-node=1", "-t", "2",
                     "--signal=B:TERM@60", "-o", "out.txt", str(SBATCH),
-                    str(DATA / "where-slow.yaml"), "--", *host_program(70)],
+                    str(data_copy(tmp_path, "where-slow.yaml")), "--", *host_program(70)],
                    tmp_path, env=DRAIN_ENV)
     info = wait_job(jobid, 150)
     out = (tmp_path / "out.txt").read_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fakes import FakeExecutor
 
-from colocate.batch import cmd_run
+from colocate.batch import RunDir, cmd_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,10 +115,48 @@ def test_executor_error_exits_3_with_resume_hint(batch):
     assert "ServerUnavailable" in err.getvalue() and "--resume" in err.getvalue()
 
 
+def test_output_and_default_runs_go_beside_the_batch_file_override_to_cwd(batch, tmp_path,
+                                                                          monkeypatch):
+    factory = Factory()
+    path = batch("[2]", output="out/run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cmd_run(path, factory, progress=False, stream=io.StringIO()) == 0
+    assert RunDir.is_run_dir(tmp_path / "out/run") and not (elsewhere / "out").exists()
+    assert cmd_run(path, factory, progress=False, stream=io.StringIO(), output="mine") == 0
+    assert RunDir.is_run_dir(elsewhere / "mine")                         # --output: from the cwd
+    err = io.StringIO()
+    assert cmd_run(path, factory, resume="mine", output="x", stream=err) == 2
+    assert "drop --output" in err.getvalue()
+
+
+def test_a_run_made_when_output_was_relative_to_the_cwd_is_still_found(batch, tmp_path,
+                                                                       monkeypatch):
+    """Before, 'output: out/run' of sweeps/b.yaml run from tmp_path went to tmp_path/out/run."""
+    factory = Factory()
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "k.py").write_text(KERNELS)
+    path = batch("[2, 4]", output="out/run", name="sweeps/b.yaml")
+    old = tmp_path / "out/run"
+    assert cmd_run(path, factory, progress=False, stream=io.StringIO(), output=old) == 0
+    err = io.StringIO()
+    assert cmd_run(path, factory, resume=True, progress=False, stream=err) == 0
+    assert "found this batch's run in out/run" in err.getvalue(), err.getvalue()
+    assert "resuming it there" in err.getvalue()
+    assert not (tmp_path / "sweeps/out").exists()
+    err = io.StringIO()
+    assert cmd_run(path, factory, progress=False, stream=err) == 0     # a new run: beside it
+    assert RunDir.is_run_dir(tmp_path / "sweeps/out/run")
+    assert "an earlier run of this batch is in out/run" in err.getvalue(), err.getvalue()
+    assert "--resume out/run" in err.getvalue()
+
+
 def test_demo_batch_runs_and_succeeds(tmp_path, monkeypatch):
     from colocate.demo import demo_batch_path
     monkeypatch.chdir(tmp_path)
     err = io.StringIO()
-    assert cmd_run(demo_batch_path(), Factory(), progress=False, stream=err) == 0
+    assert cmd_run(demo_batch_path(), Factory(), progress=False, stream=err,
+                   output="runs/demo-1") == 0   # the demo's batch lives in the package: cwd
     (run,) = (tmp_path / "runs").glob("demo-*")
     assert len(list((run / "results").glob("*.npy"))) == 4
