@@ -115,7 +115,7 @@ class _Task:
         self.prefer: str | None = msg.prefer
 
 
-@dataclass
+@dataclass(slots=True)
 class _Worker:
     rank: int
     node: str
