@@ -63,30 +63,45 @@ def in_order(heap: list) -> Iterator:
 
 
 class _Levels:
-    """Usable workers by load level: members (join number -> worker) and a lazy heap per level."""
+    """Usable workers by load level: members (join number -> worker) and a lazy heap per level.
+
+    A level's heap is built the first time it is asked for its first worker, and dropped when
+    the level empties: heaps nobody asks for (the workers that cached a function, when the first
+    in line always has it; one node's, when no task prefers it or runs alone) cost nothing to
+    keep. A build costs O(members), each added since the level was last empty: O(1) amortized.
+    """
 
     __slots__ = ("heaps", "members")
 
     def __init__(self) -> None:
-        self.heaps: list[list[int]] = []
+        self.heaps: list[list[int] | None] = []   # None: not built (nobody asked since empty)
         self.members: list[dict[int, _Worker]] = []
 
     def add(self, level: int, worker: _Worker) -> None:
         while len(self.members) <= level:
-            self.heaps.append([])
+            self.heaps.append(None)
             self.members.append({})
         members, heap = self.members[level], self.heaps[level]
         members[worker.seq] = worker
-        heappush(heap, worker.seq)
-        if len(heap) > 2 * len(members) + 16:   # mostly stale: rebuild, amortized O(1)
-            heap[:] = members
-            heapify(heap)
+        if heap is not None:
+            heappush(heap, worker.seq)
+            if len(heap) > 2 * len(members) + 16:   # mostly stale: rebuild, amortized O(1)
+                heap[:] = members
+                heapify(heap)
 
     def remove(self, level: int, worker: _Worker) -> None:
         members = self.members[level]
         del members[worker.seq]
         if not members:
-            self.heaps[level].clear()
+            self.heaps[level] = None
+
+    def heap(self, level: int) -> list[int]:
+        """The heap of join numbers at ``level`` (members present), built if it was not."""
+        heap = self.heaps[level]
+        if heap is None:
+            heap = self.heaps[level] = list(self.members[level])
+            heapify(heap)
+        return heap
 
     def first(self, level: int) -> _Worker | None:
         """The worker with the smallest join number at ``level``."""
@@ -96,6 +111,8 @@ class _Levels:
         if not members:
             return None
         heap = self.heaps[level]
+        if heap is None:
+            heap = self.heap(level)
         while heap[0] not in members:
             heappop(heap)
         return members[heap[0]]
@@ -110,7 +127,7 @@ class _Levels:
             return None, False
         members = self.members[level]
         seen = 0
-        for seq in in_order(self.heaps[level]):
+        for seq in in_order(self.heap(level)):
             worker = members.get(seq)
             if worker is None:   # (an entry of a worker that moved)
                 continue
@@ -185,7 +202,7 @@ class Placement:
                 members = levels.members[old]
                 del members[seq]
                 if not members:
-                    levels.heaps[old].clear()
+                    levels.heaps[old] = None
             if old == 0:
                 self.idle_cores[worker.node] -= len(worker.cores)
                 self.changed.add(worker.node)
@@ -200,10 +217,11 @@ class Placement:
                 continue
             members[seq] = worker
             heap = levels.heaps[level]
-            heappush(heap, seq)
-            if len(heap) > (len(members) << 1) + 16:   # mostly stale: rebuild, amortized O(1)
-                heap[:] = members
-                heapify(heap)
+            if heap is not None:
+                heappush(heap, seq)
+                if len(heap) > (len(members) << 1) + 16:   # mostly stale: rebuild, O(1) amortized
+                    heap[:] = members
+                    heapify(heap)
         if level == 0:
             self.idle_cores[worker.node] += len(worker.cores)
             self.changed.add(worker.node)
@@ -224,7 +242,7 @@ class Placement:
         for levels in worker.pools:
             members = levels.members[level]
             if members.pop(worker.seq, None) is not None and not members:
-                levels.heaps[level].clear()
+                levels.heaps[level] = None
         if level == 0:
             self.idle_cores[worker.node] -= len(worker.cores)
             self.changed.add(worker.node)
