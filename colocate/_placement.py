@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .messages import TaskMsg
     from .scheduler import _Task, _Worker
 
+_rank = attrgetter("rank")
 SKIP_LIMIT = 64   # workers skipped for want of memory before the nodes with room are looked at
 
 
@@ -405,6 +406,9 @@ class Placing:
         and enough GPUs are free: the preferred node if it can, else the first such node.
         """
         index: Placement = self._index
+        idle = index.all.members
+        if not idle or not idle[0]:   # (no idle usable worker anywhere: the common refusal)
+            return None
         prefer = task.prefer
         if prefer is not None and prefer in index.nodes:
             placed = self._exclusive_on(prefer, task)
@@ -419,31 +423,34 @@ class Placing:
 
     def _exclusive_on(self, node: str,
                       task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
-        """Where on ``node`` the task runs alone, or None when the node cannot take it now."""
+        """Where on ``node`` the task runs alone, or None when the node cannot take it now.
+
+        Its idle workers with the function cached first, then by rank, lend their cores.
+        """
         opts = task.opts
+        cores = opts.cores
         index: Placement = self._index
-        if (len(self.gpus_free.get(node, ())) < opts.gpus
-                or index.idle_cores[node] < max(1, opts.cores)
-                or (opts.memory and opts.memory > self._room(node))):
+        if index.idle_cores[node] < (cores if cores > 1 else 1):
             return None
-        idle = index.idle_on(node)
+        free_gpus = self.gpus_free[node]
+        if len(free_gpus) < opts.gpus or (opts.memory and opts.memory > self._room(node)):
+            return None
+        idle = index.nodes[node].members[0].values()
         fn = task.fn_hash
-        if opts.cores <= 1:   # (one worker: the first of the sort below, without a sort)
-            warm = [w for w in idle if fn in w.fns]
-            return (min(warm or idle, key=attrgetter("rank")), [],
-                    self.gpus_free[node][:opts.gpus])
-        warm = [w for w in idle if fn in w.fns]   # warm first, then by rank:
-        free = sorted(warm, key=attrgetter("rank"))
-        if sum(len(w.cores) for w in warm) < opts.cores:
-            free += sorted((w for w in idle if fn not in w.fns), key=attrgetter("rank"))
-        chosen: list[_Worker] = []
+        warm = sorted((w for w in idle if fn in w.fns), key=_rank)
+        if cores <= 1:   # (one worker: the first warm one, else the first by rank)
+            return warm[0] if warm else min(idle, key=_rank), [], free_gpus[:opts.gpus]
         have = 0
-        for w in free:
-            if have >= opts.cores:
-                break
-            chosen.append(w)
+        for i, w in enumerate(warm):
             have += len(w.cores)
-        return chosen[0], chosen[1:], self.gpus_free[node][:opts.gpus]
+            if have >= cores:
+                return w if i == 0 else warm[0], warm[1:i + 1], free_gpus[:opts.gpus]
+        chosen = warm + sorted((w for w in idle if fn not in w.fns), key=_rank)
+        for i in range(len(warm), len(chosen)):
+            have += len(chosen[i].cores)
+            if have >= cores:
+                return chosen[0], chosen[1:i + 1], free_gpus[:opts.gpus]
+        return chosen[0], chosen[1:], free_gpus[:opts.gpus]
 
     def _cannot_run(self, msg: TaskMsg) -> str:
         """Why no node of this world could ever run the task ("" if one could)."""
