@@ -170,6 +170,7 @@ class Scheduler(StoreBook, Placing):
         self.node_gpus: dict[str, tuple[str, ...]] = {}
         self.gpus_free: dict[str, list[str]] = {}
         self.objects: dict[int, _Object] = {}
+        self.held: dict[int, dict[int, None]] = {}   # rank -> ids of the objects it holds
         self.node_stored: dict[str, int] = {}
         self.objects_lost = 0
         self._next_ref = 1
@@ -387,10 +388,7 @@ class Scheduler(StoreBook, Placing):
         self._limits = None
         if worker.lease:   # (its client sees the connection close and fails what it sent)
             self.leased.pop(worker.lease_client, None)
-        for oid in [i for i, o in self.objects.items() if o.rank == ev.rank]:
-            obj = self.objects.pop(oid)
-            self.node_stored[obj.node] -= obj.nbytes
-            self.objects_lost += 1
+        self._lose_objects(ev.rank)
         self._index.room_changed.add(worker.node)
         served = self.tasks.get(worker.lent_to) if worker.lent_to is not None else None
         if served is not None and worker in served.helpers:   # it was lending its cores
