@@ -360,13 +360,18 @@ class Placement:
     def exclusive_nodes(self, gpus: bool) -> Iterable[str]:
         """Nodes with an idle usable worker (and a free GPU), in join order of their first one."""
         if self.changed:   # (re-file the nodes changed since the last call)
+            nodes, gpu_nodes, note = self.nodes, self.gpu_nodes, self._note_first
             for node in self.changed:
-                first = self.nodes[node].first(0)
-                seq = None if first is None else first.seq
-                self._note_first(self.by_first_idle, self.first_idle, node, seq)
-                if node in self.gpu_nodes:
-                    self._note_first(self.gpu_by_first_idle, self.gpu_first_idle, node,
-                                     seq if self.gpus_free[node] else None)
+                first = nodes[node].first(0)
+                if first is None:
+                    self.first_idle.pop(node, None)
+                    self.gpu_first_idle.pop(node, None)
+                    continue
+                if self.first_idle.get(node) != first.seq:
+                    note(self.by_first_idle, self.first_idle, node, first.seq)
+                if node in gpu_nodes:
+                    note(self.gpu_by_first_idle, self.gpu_first_idle, node,
+                         first.seq if self.gpus_free[node] else None)
             self.changed.clear()
         heap, filed = ((self.gpu_by_first_idle, self.gpu_first_idle) if gpus
                        else (self.by_first_idle, self.first_idle))

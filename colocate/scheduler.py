@@ -544,10 +544,14 @@ class Scheduler(StoreBook, Placing):
         task.helpers = helpers
         task.cores = ()
         if helpers:
+            refile = self._index.refile
+            cores = list(worker.cores)
             for h in helpers:
                 h.lent_to = task.gid
-                self._index.refile(h)
-            task.cores = tuple(sorted(c for w in (worker, *helpers) for c in w.cores))
+                refile(h)
+                cores += h.cores
+            cores.sort()
+            task.cores = tuple(cores)
         task.gpus = tuple(gpus)
         if gpus:
             for g in gpus:
@@ -584,12 +588,14 @@ class Scheduler(StoreBook, Placing):
         if task.opts.memory:
             self.node_reserved[worker.node] -= task.opts.memory
             self._index.room_changed.add(worker.node)
-        for h in task.helpers:
-            h.lent_to = None
-            self._index.refile(h)
-        task.helpers = ()
+        if task.helpers:
+            refile = self._index.refile
+            for h in task.helpers:
+                h.lent_to = None
+                refile(h)
+            task.helpers = ()
         if task.gpus:   # back in inventory order, so GPU ids come out predictably
-            free = set(self.gpus_free[worker.node]) | set(task.gpus)
+            free = self.gpus_free[worker.node] + list(task.gpus)
             self.gpus_free[worker.node] = [g for g in self.node_gpus[worker.node] if g in free]
             task.gpus = ()
             self._index.changed.add(worker.node)
