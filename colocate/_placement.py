@@ -412,8 +412,8 @@ class Placing:
         """
         index: Placement = self._index
         idle = index.all.members
-        if not idle or not idle[0]:   # (no idle usable worker anywhere: the common refusal)
-            return None
+        if not idle or not idle[0] or task.opts.gpus > self.free_gpus:   # (the common refusals:
+            return None                                     # no idle worker, no GPU free)
         prefer = task.prefer
         if prefer is not None and prefer in index.nodes:
             placed = self._exclusive_on(prefer, task)

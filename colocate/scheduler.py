@@ -169,6 +169,7 @@ class Scheduler(StoreBook, Placing):
         self.node_reserved: dict[str, int] = {}
         self.node_gpus: dict[str, tuple[str, ...]] = {}
         self.gpus_free: dict[str, list[str]] = {}
+        self.free_gpus = 0   # GPUs free in the whole world (a quick refusal of GPU tasks)
         self.objects: dict[int, _Object] = {}
         self.held: dict[int, dict[int, None]] = {}   # rank -> ids of the objects it holds
         self.node_stored: dict[str, int] = {}
@@ -309,6 +310,7 @@ class Scheduler(StoreBook, Placing):
         if ev.node not in self.node_gpus:
             self.node_gpus[ev.node] = tuple(ev.gpus)
             self.gpus_free[ev.node] = list(ev.gpus)
+            self.free_gpus += len(ev.gpus)
         self._index.join(worker, bool(self.node_gpus[ev.node]),
                          None if old is None else old.seq)
         self._limits = None
@@ -554,6 +556,7 @@ class Scheduler(StoreBook, Placing):
             task.cores = tuple(cores)
         task.gpus = tuple(gpus)
         if gpus:
+            self.free_gpus -= len(gpus)
             for g in gpus:
                 self.gpus_free[worker.node].remove(g)
             self._index.changed.add(worker.node)
@@ -597,6 +600,7 @@ class Scheduler(StoreBook, Placing):
         if task.gpus:   # back in inventory order, so GPU ids come out predictably
             free = self.gpus_free[worker.node] + list(task.gpus)
             self.gpus_free[worker.node] = [g for g in self.node_gpus[worker.node] if g in free]
+            self.free_gpus += len(task.gpus)
             task.gpus = ()
             self._index.changed.add(worker.node)
 
