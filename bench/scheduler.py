@@ -35,13 +35,16 @@ ranks of one node (up to 64 ``WorkerPaused`` events).
 Targets (issue 17): >= 100,000 decisions/s for ``noop`` at every W, within 1.5x between the
 smallest and largest W; the other mixes within 3x of ``noop`` at the same W; <= 2 KiB of rank-0
 memory per worker. The verdict says PASS or MISS per target and does not change the exit code.
-Results: a table on stdout, JSON in ``bench/results/scheduler.json``.
+``--rounds N`` runs everything N times in turn and reports the median of each cell (and each
+round's own table and verdict: the targets are for one run). Results: a table on stdout, JSON
+in ``bench/results/scheduler.json`` (the medians, and every round under ``rounds``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -284,6 +287,25 @@ def table(rows: list[dict], mem: list[dict], checks: list[tuple[str, bool, str]]
     return "\n".join(out)
 
 
+def median_rows(rounds: list[list[dict]], key: tuple[str, ...]) -> list[dict]:
+    """Rows of several rounds, each number the median of its rounds (the first round's order)."""
+    out = []
+    for i, first in enumerate(rounds[0]):
+        same = [r[i] for r in rounds]
+        assert all(tuple(x[k] for k in key) == tuple(first[k] for k in key) for x in same)
+        row = {}
+        for k, v in first.items():
+            values = [x[k] for x in same]
+            if k in key or not isinstance(v, (int, float)):
+                row[k] = v
+            elif all(isinstance(x, int) for x in values):   # (counts stay counts)
+                row[k] = statistics.median_low(values)
+            else:
+                row[k] = statistics.median(values)
+        out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", help="world sizes, comma-separated (default 1,16,256,4096,65536)")
@@ -292,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queued", type=int, default=10_000, help="tasks queued for bytes/task")
     p.add_argument("--objects", type=int, default=100_000,
                    help="objects stored (spread over the ranks) when WorkerLost is timed")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run everything this many times; the table is the median per cell")
     p.add_argument("--quick", action="store_true", help="small worlds, short rows")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = p.parse_args(argv)
@@ -308,22 +332,37 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             p.error(f"--workers takes comma-separated integers, got {args.workers!r}")
     t0 = time.monotonic()
-    rows, mem = [], []
-    for w in sizes:
-        for mix in mixes:
-            rows.append(rate(w, mix, args.seconds))
-            print(f"W={w:>6,} {mix:>8}: {rows[-1]['tasks_per_s']:>10,.0f} decisions/s",
-                  flush=True)
-        mem.append(memory_and_events(w, args.queued, args.objects))
+    rounds = []
+    for r in range(args.rounds):
+        load = os.getloadavg()[0]
+        rows, mem = [], []
+        for w in sizes:
+            for mix in mixes:
+                rows.append(rate(w, mix, args.seconds))
+                print(f"round {r + 1}/{args.rounds} W={w:>6,} {mix:>8}: "
+                      f"{rows[-1]['tasks_per_s']:>10,.0f} decisions/s", flush=True)
+            mem.append(memory_and_events(w, args.queued, args.objects))
+        checks = verdict(rows, mem)
+        if args.rounds > 1:
+            print(f"\nround {r + 1} (load {load:.2f} -> {os.getloadavg()[0]:.2f})")
+            print(table(rows, mem, checks))
+        rounds.append({"loadavg_1min": [load, os.getloadavg()[0]], "rows": rows, "memory": mem,
+                       "verdict": [{"target": n, "result": "PASS" if ok else "MISS",
+                                    "detail": d} for n, ok, d in checks]})
+    rows = median_rows([x["rows"] for x in rounds], ("workers", "mix"))
+    mem = median_rows([x["memory"] for x in rounds], ("workers",))
     checks = verdict(rows, mem)
     print()
+    if args.rounds > 1:
+        print(f"median of {args.rounds} rounds, cell by cell")
     print(table(rows, mem, checks))
     result = {"bench": "scheduler", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "elapsed_s": time.monotonic() - t0,
               "machine": machine(), "batch": BATCH, "cores_per_node": CORES_PER_NODE,
               "rows": rows, "memory": mem,
               "verdict": [{"target": n, "result": "PASS" if ok else "MISS", "detail": d}
-                          for n, ok, d in checks]}
+                          for n, ok, d in checks],
+              "rounds": rounds}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"json: {args.json}")
