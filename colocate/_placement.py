@@ -442,9 +442,10 @@ class Placing:
             return None
         idle = index.nodes[node].members[0].values()
         fn = task.fn_hash
+        if cores <= 1:   # (one worker: the first warm one, else the first by rank; no sort)
+            first = min((w for w in idle if fn in w.fns), key=_rank, default=None)
+            return first or min(idle, key=_rank), [], free_gpus[:opts.gpus]
         warm = sorted((w for w in idle if fn in w.fns), key=_rank)
-        if cores <= 1:   # (one worker: the first warm one, else the first by rank)
-            return warm[0] if warm else min(idle, key=_rank), [], free_gpus[:opts.gpus]
         have = 0
         for i, w in enumerate(warm):
             have += len(w.cores)
