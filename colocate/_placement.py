@@ -20,7 +20,8 @@ found in O(log W) amortized:
 What it keeps:
   * :class:`_Levels` for all workers, for each node, and for each function (the workers that
     cached it): per load level, the usable workers filed there and a heap of their join numbers
-    (entries of workers that moved are dropped lazily, when they reach the top);
+    (entries of workers that moved are dropped lazily, when they reach the top; a heap is built
+    only when asked for, and dropped when its level empties);
   * per node, the cores of its idle usable workers; a heap of nodes by the join number of their
     first idle worker (all nodes, and those with a free GPU), refreshed for the nodes changed
     since the last multi-core or GPU task;
