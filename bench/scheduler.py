@@ -27,19 +27,24 @@ scheduler's allocations while W workers join, divided by W; below 64 workers tha
 the books of a whole node, so the target is checked from W = 64 on) and per queued task
 (every worker busy, then 10,000 more tasks, built inside the window: rank 0 holds their decoded
 messages too);
-the time of one ``WorkerLost`` (a rank with a running task; median of 5) and of pausing all
+the time of one ``WorkerLost`` (a rank with a running task and its share of ``--objects``
+stored objects, 100,000 by default spread over the ranks, at least one each; median of 5) and
+of pausing all
 ranks of one node (up to 64 ``WorkerPaused`` events).
 
 Targets (issue 17): >= 100,000 decisions/s for ``noop`` at every W, within 1.5x between the
 smallest and largest W; the other mixes within 3x of ``noop`` at the same W; <= 2 KiB of rank-0
 memory per worker. The verdict says PASS or MISS per target and does not change the exit code.
-Results: a table on stdout, JSON in ``bench/results/scheduler.json``.
+``--rounds N`` runs everything N times in turn and reports the median of each cell (and each
+round's own table and verdict: the targets are for one run). Results: a table on stdout, JSON
+in ``bench/results/scheduler.json`` (the medians, and every round under ``rounds``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -165,7 +170,7 @@ def rate(workers: int, mix: str, seconds: float) -> dict:
             "tasks_per_s": tasks / elapsed, "us_per_task": 1e6 * elapsed / tasks}
 
 
-def memory_and_events(workers: int, queued: int) -> dict:
+def memory_and_events(workers: int, queued: int, objects: int) -> dict:
     tracemalloc.start()
     s = S.Scheduler()
     before = tracemalloc.get_traced_memory()[0]
@@ -174,9 +179,9 @@ def memory_and_events(workers: int, queued: int) -> dict:
     tracemalloc.stop()
     s.handle(S.ClientJoined(CLIENT))
     first_batch(s)
-    slow = b"s" * 16   # no known run time: one task per worker, nothing sent ahead
-    s.handle(S.Submitted(CLIENT, [TaskMsg(10**9, slow, b"fn2", b"", TaskOptions())]))
-    busy = [TaskMsg(10**9 + i, slow, None, b"", TaskOptions()) for i in range(1, workers)]
+    slow = b"s" * 16   # no known run time, then 1 s: one task per worker, nothing sent ahead
+    stored = store_objects(s, workers, slow, objects)
+    busy = [TaskMsg(10**9 + i, slow, None, b"", TaskOptions()) for i in range(workers)]
     for i in range(0, len(busy), 4096):
         s.handle(S.Submitted(CLIENT, busy[i:i + 4096]))
     assert s.queued() == 0
@@ -189,10 +194,11 @@ def memory_and_events(workers: int, queued: int) -> dict:
     tracemalloc.stop()
     assert s.queued() == queued
     lost = []
-    for rank in range(workers, max(0, workers - 5), -1):   # each has a running task
+    for rank in range(workers, max(0, workers - 5), -1):   # each has a running task and objects
         t0 = time.perf_counter()
         s.handle(S.WorkerLost(rank, "bench"))
         lost.append(time.perf_counter() - t0)
+    assert s.objects_lost == min(5, workers) * (stored // workers), "the lost ranks held objects"
     s = world(workers, gpu_nodes=False)
     first_batch(s)
     ranks = [r for r in range(1, workers + 1) if node_of(r) == node_of(workers)]
@@ -201,8 +207,34 @@ def memory_and_events(workers: int, queued: int) -> dict:
         s.handle(S.WorkerPaused(rank, True))
     pause = time.perf_counter() - t0
     return {"workers": workers, "bytes_per_worker": per_worker, "bytes_per_queued_task": per_task,
-            "worker_lost_us": 1e6 * statistics.median(lost), "pause_node_us": 1e6 * pause,
+            "worker_lost_us": 1e6 * statistics.median(lost), "objects_stored": stored,
+            "objects_per_lost_rank": stored // workers, "pause_node_us": 1e6 * pause,
             "pause_node_ranks": len(ranks)}
+
+
+def store_objects(s: S.Scheduler, workers: int, fn: bytes, objects: int) -> int:
+    """Have every worker keep ``objects // workers`` (at least one) 1 KiB objects; returns all.
+
+    One task of ``fn`` per worker, each ending OK after 1 s with its objects kept (``keep()``).
+    """
+    each = max(1, objects // workers)
+    msgs = [TaskMsg(10**8 + i, fn, b"fn2" if i == 0 else None, b"", TaskOptions())
+            for i in range(workers)]
+    sent = []
+    for i in range(0, len(msgs), 4096):
+        sent += [ins for ins in s.handle(S.Submitted(CLIENT, msgs[i:i + 4096]))
+                 if type(ins) is S.SendWork]
+    assert sum(len(ins.work) for ins in sent) == workers, "one task per worker"
+    oid = 1
+    for ins in sent:
+        outs = []
+        for w in ins.work:
+            kept = tuple(((oid + k) << 17 | ins.rank, 1024) for k in range(each))
+            oid += each
+            outs.append(Outcome(w.gid, Status.OK, b"", 0.0, 1.0, kept=kept))
+        s.handle(S.WorkerDone(ins.rank, outs))
+    assert len(s.objects) == each * workers
+    return each * workers
 
 
 def verdict(rows: list[dict], mem: list[dict]) -> list[tuple[str, bool, str]]:
@@ -241,16 +273,37 @@ def table(rows: list[dict], mem: list[dict], checks: list[tuple[str, bool, str]]
         cells = [f"{by[w, m]['tasks_per_s']:,.0f}" if (w, m) in by else "" for m in mixes]
         out.append(f"| {w:,} | " + " | ".join(cells) + " |")
     if mem:
-        out += ["", "| workers | B/worker | B/queued task | one WorkerLost (µs) "
-                "| pause one node's ranks (µs) |", "|---:|---:|---:|---:|---:|"]
+        out += ["", "| workers | B/worker | B/queued task | objects stored (per rank) "
+                "| one WorkerLost (µs) | pause one node's ranks (µs) |",
+                "|---:|---:|---:|---:|---:|---:|"]
         for m in mem:
             out.append(f"| {m['workers']:,} | {m['bytes_per_worker']:,.0f} | "
-                       f"{m['bytes_per_queued_task']:,.0f} | {m['worker_lost_us']:,.0f} | "
+                       f"{m['bytes_per_queued_task']:,.0f} | {m['objects_stored']:,} "
+                       f"({m['objects_per_lost_rank']:,}) | {m['worker_lost_us']:,.0f} | "
                        f"{m['pause_node_us']:,.0f} ({m['pause_node_ranks']} ranks) |")
     out.append("")
     for name, ok, detail in checks:
         out.append(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
     return "\n".join(out)
+
+
+def median_rows(rounds: list[list[dict]], key: tuple[str, ...]) -> list[dict]:
+    """Rows of several rounds, each number the median of its rounds (the first round's order)."""
+    out = []
+    for i, first in enumerate(rounds[0]):
+        same = [r[i] for r in rounds]
+        assert all(tuple(x[k] for k in key) == tuple(first[k] for k in key) for x in same)
+        row = {}
+        for k, v in first.items():
+            values = [x[k] for x in same]
+            if k in key or not isinstance(v, (int, float)):
+                row[k] = v
+            elif all(isinstance(x, int) for x in values):   # (counts stay counts)
+                row[k] = statistics.median_low(values)
+            else:
+                row[k] = statistics.median(values)
+        out.append(row)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mixes", default=",".join(MIXES), help=f"of {', '.join(MIXES)}")
     p.add_argument("--seconds", type=float, default=1.0, help="timed seconds per row (1)")
     p.add_argument("--queued", type=int, default=10_000, help="tasks queued for bytes/task")
+    p.add_argument("--objects", type=int, default=100_000,
+                   help="objects stored (spread over the ranks) when WorkerLost is timed")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run everything this many times; the table is the median per cell")
     p.add_argument("--quick", action="store_true", help="small worlds, short rows")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = p.parse_args(argv)
@@ -268,29 +325,44 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown mix(es) {unknown}; the mixes are {list(MIXES)}")
     sizes = FULL_WORKERS
     if args.quick:
-        sizes, args.seconds, args.queued = QUICK_WORKERS, 0.05, 1000
+        sizes, args.seconds, args.queued, args.objects = QUICK_WORKERS, 0.05, 1000, 10_000
     if args.workers:
         try:
             sizes = tuple(int(x) for x in args.workers.split(","))
         except ValueError:
             p.error(f"--workers takes comma-separated integers, got {args.workers!r}")
     t0 = time.monotonic()
-    rows, mem = [], []
-    for w in sizes:
-        for mix in mixes:
-            rows.append(rate(w, mix, args.seconds))
-            print(f"W={w:>6,} {mix:>8}: {rows[-1]['tasks_per_s']:>10,.0f} decisions/s",
-                  flush=True)
-        mem.append(memory_and_events(w, args.queued))
+    rounds = []
+    for r in range(args.rounds):
+        load = os.getloadavg()[0]
+        rows, mem = [], []
+        for w in sizes:
+            for mix in mixes:
+                rows.append(rate(w, mix, args.seconds))
+                print(f"round {r + 1}/{args.rounds} W={w:>6,} {mix:>8}: "
+                      f"{rows[-1]['tasks_per_s']:>10,.0f} decisions/s", flush=True)
+            mem.append(memory_and_events(w, args.queued, args.objects))
+        checks = verdict(rows, mem)
+        if args.rounds > 1:
+            print(f"\nround {r + 1} (load {load:.2f} -> {os.getloadavg()[0]:.2f})")
+            print(table(rows, mem, checks))
+        rounds.append({"loadavg_1min": [load, os.getloadavg()[0]], "rows": rows, "memory": mem,
+                       "verdict": [{"target": n, "result": "PASS" if ok else "MISS",
+                                    "detail": d} for n, ok, d in checks]})
+    rows = median_rows([x["rows"] for x in rounds], ("workers", "mix"))
+    mem = median_rows([x["memory"] for x in rounds], ("workers",))
     checks = verdict(rows, mem)
     print()
+    if args.rounds > 1:
+        print(f"median of {args.rounds} rounds, cell by cell")
     print(table(rows, mem, checks))
     result = {"bench": "scheduler", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "elapsed_s": time.monotonic() - t0,
               "machine": machine(), "batch": BATCH, "cores_per_node": CORES_PER_NODE,
               "rows": rows, "memory": mem,
               "verdict": [{"target": n, "result": "PASS" if ok else "MISS", "detail": d}
-                          for n, ok, d in checks]}
+                          for n, ok, d in checks],
+              "rounds": rounds}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"json: {args.json}")

@@ -7,35 +7,62 @@ instructions out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 
 from .messages import Outcome, ResultMsg, Status, TaskMsg, Work
 
 
+def _record(cls: type) -> type:
+    """``@dataclass(frozen=True, slots=True)``, with an ``__init__`` about a third cheaper.
+
+    The dataclass's own frozen ``__init__`` goes through ``object.__setattr__`` per field; this
+    one sets the slots through their descriptors. Rank 0 builds several of these per task, so it
+    shows in the decisions per second (``bench/scheduler.py``). Fields, defaults, equality,
+    ``repr`` and immutability are the dataclass's.
+    """
+    cls = dataclass(frozen=True, slots=True)(cls)
+    names = [f.name for f in fields(cls)]
+    scope: dict[str, object] = {}
+    params = []
+    for f in fields(cls):
+        scope[f"_set_{f.name}"] = getattr(cls, f.name).__set__
+        if f.default is not MISSING:
+            scope[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        else:
+            params.append(f.name)
+    body = "".join(f"    _set_{n}(self, {n})\n" for n in names) or "    pass\n"
+    exec(f"def __init__(self, {', '.join(params)}):\n{body}", scope)   # noqa: S102
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init
+    return cls
+
+
 # ----- events ------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@_record
 class ClientJoined:
     client: int
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class ClientLeft:
     client: int
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class Submitted:
     client: int
     tasks: list[TaskMsg]
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class CancelRequested:
     client: int
     ids: list[int]
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class WorkerJoined:
     rank: int
     node: str
@@ -47,7 +74,7 @@ class WorkerJoined:
     leases: bool = False         # it has a task port: clients may lease it
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class PutRequested:
     client: int
     req: int
@@ -58,26 +85,26 @@ class PutRequested:
     count: int = 1               # spares wanted at once (ahead only; as many as fit)
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class FreeRequested:
     client: int
     ids: list[int]
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class AheadUsed:
     client: int
     ids: list[int]
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class WorkerDone:
     rank: int
     outcomes: list[Outcome]
     now: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class HeardFrom:
     rank: int
     now: float
@@ -85,24 +112,24 @@ class HeardFrom:
     failed: int = 0   # ... and that did not
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class WorkerLost:
     rank: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class WorkerPaused:
     rank: int
     paused: bool
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class Tick:
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class LeaseEnded:
     """The worker ended ``lease``: nothing sent under it runs any more."""
 
@@ -112,7 +139,7 @@ class LeaseEnded:
     failed: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class DirectDone:
     """A leased task ended and kept objects: record them, then deliver its result."""
 
@@ -122,30 +149,30 @@ class DirectDone:
     kept: tuple[tuple[int, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class DrainRequested:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class DrainDeadline:
     pass
 
 
 # ----- instructions ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@_record
 class SendWork:
     rank: int
     work: list[Work]
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class Deliver:
     client: int
     results: list[ResultMsg]
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class CutOff:
     """Kill the running task of ``rank``, reporting ``status``; return the rest unstarted."""
 
@@ -153,14 +180,14 @@ class CutOff:
     status: Status
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class ReturnAhead:
     """Have ``rank`` return the tasks sent ahead to it that have not started (a drain)."""
 
     rank: int
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class ForgetWorker:
     """The rank is lost: stop talking to it."""
 
@@ -168,12 +195,12 @@ class ForgetWorker:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class Exit:
     """Drained: nothing is queued or running any more."""
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class PutGranted:
     """Tell the client to send object ``ref_id`` to ``rank`` (its bytes are reserved there)."""
 
@@ -185,7 +212,7 @@ class PutGranted:
     more: tuple[int, ...] = ()   # further ids of the same size, same place (count > 1)
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class PutRefused:
     client: int
     req: int
@@ -193,7 +220,7 @@ class PutRefused:
     full: bool     # for lack of budget (as opposed to a bad request)
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class GrantLease:
     """Give ``client`` a lease on worker ``rank``: tell the worker first, then the client."""
 
@@ -203,7 +230,7 @@ class GrantLease:
     timeout: float | None   # the default task timeout, applied by the worker
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class EndLease:
     """Tell ``rank`` to end ``lease`` (the worker answers with LeaseEnded)."""
 
@@ -211,7 +238,7 @@ class EndLease:
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class DropObjects:
     """Tell ``rank`` to release objects."""
 

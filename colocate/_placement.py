@@ -20,7 +20,8 @@ found in O(log W) amortized:
 What it keeps:
   * :class:`_Levels` for all workers, for each node, and for each function (the workers that
     cached it): per load level, the usable workers filed there and a heap of their join numbers
-    (entries of workers that moved are dropped lazily, when they reach the top);
+    (entries of workers that moved are dropped lazily, when they reach the top; a heap is built
+    only when asked for, and dropped when its level empties);
   * per node, the cores of its idle usable workers; a heap of nodes by the join number of their
     first idle worker (all nodes, and those with a free GPU), refreshed for the nodes changed
     since the last multi-core or GPU task;
@@ -34,9 +35,8 @@ on nodes without room; past :data:`SKIP_LIMIT` of them it looks at every node wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from heapq import heapify, heappop, heappush
-from itertools import chain
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .messages import TaskMsg
     from .scheduler import _Task, _Worker
 
+_rank = attrgetter("rank")
 SKIP_LIMIT = 64   # workers skipped for want of memory before the nodes with room are looked at
 
 
@@ -64,30 +65,45 @@ def in_order(heap: list) -> Iterator:
 
 
 class _Levels:
-    """Usable workers by load level: members (join number -> worker) and a lazy heap per level."""
+    """Usable workers by load level: members (join number -> worker) and a lazy heap per level.
+
+    A level's heap is built the first time it is asked for its first worker, and dropped when
+    the level empties: heaps nobody asks for (the workers that cached a function, when the first
+    in line always has it; one node's, when no task prefers it or runs alone) cost nothing to
+    keep. A build costs O(members), each added since the level was last empty: O(1) amortized.
+    """
 
     __slots__ = ("heaps", "members")
 
     def __init__(self) -> None:
-        self.heaps: list[list[int]] = []
+        self.heaps: list[list[int] | None] = []   # None: not built (nobody asked since empty)
         self.members: list[dict[int, _Worker]] = []
 
     def add(self, level: int, worker: _Worker) -> None:
         while len(self.members) <= level:
-            self.heaps.append([])
+            self.heaps.append(None)
             self.members.append({})
         members, heap = self.members[level], self.heaps[level]
         members[worker.seq] = worker
-        heappush(heap, worker.seq)
-        if len(heap) > 2 * len(members) + 16:   # mostly stale: rebuild, amortized O(1)
-            heap[:] = members
-            heapify(heap)
+        if heap is not None:
+            heappush(heap, worker.seq)
+            if len(heap) > 2 * len(members) + 16:   # mostly stale: rebuild, amortized O(1)
+                heap[:] = members
+                heapify(heap)
 
     def remove(self, level: int, worker: _Worker) -> None:
         members = self.members[level]
         del members[worker.seq]
         if not members:
-            self.heaps[level].clear()
+            self.heaps[level] = None
+
+    def heap(self, level: int) -> list[int]:
+        """The heap of join numbers at ``level`` (members present), built if it was not."""
+        heap = self.heaps[level]
+        if heap is None:
+            heap = self.heaps[level] = list(self.members[level])
+            heapify(heap)
+        return heap
 
     def first(self, level: int) -> _Worker | None:
         """The worker with the smallest join number at ``level``."""
@@ -97,6 +113,8 @@ class _Levels:
         if not members:
             return None
         heap = self.heaps[level]
+        if heap is None:
+            heap = self.heap(level)
         while heap[0] not in members:
             heappop(heap)
         return members[heap[0]]
@@ -111,7 +129,7 @@ class _Levels:
             return None, False
         members = self.members[level]
         seen = 0
-        for seq in in_order(self.heaps[level]):
+        for seq in in_order(self.heap(level)):
             worker = members.get(seq)
             if worker is None:   # (an entry of a worker that moved)
                 continue
@@ -172,38 +190,43 @@ class Placement:
 
     def refile(self, worker: _Worker) -> None:
         """File the worker under its load now, or nowhere when it is not usable."""
-        level = (len(worker.assigned) if not worker.paused and worker.lent_to is None
-                 and not worker.lease else -1)
+        if worker.paused or worker.lent_to is not None or worker.lease:
+            level = -1
+        else:
+            level = len(worker.assigned)
         old = worker.level
         if level == old:
             return
-        # (the hot path of every decision: _Levels.add and .remove, inlined)
-        seq, node = worker.seq, worker.node
-        pools = worker.pools
+        # (the hot path of every decision, twice: _Levels.add and .remove, inlined)
+        seq = worker.seq
         if old >= 0:
-            for levels in pools:
+            for levels in worker.pools:
                 members = levels.members[old]
-                if members.pop(seq, None) is not None and not members:
-                    levels.heaps[old].clear()
+                del members[seq]
+                if not members:
+                    levels.heaps[old] = None
             if old == 0:
-                self.idle_cores[node] -= len(worker.cores)
-                self.changed.add(node)
+                self.idle_cores[worker.node] -= len(worker.cores)
+                self.changed.add(worker.node)
         worker.level = level
         if level < 0:
             return
-        for levels in pools:
-            if len(levels.members) <= level:
+        for levels in worker.pools:
+            try:
+                members = levels.members[level]
+            except IndexError:   # (a load no worker of this pool had yet)
                 levels.add(level, worker)
                 continue
-            members, heap = levels.members[level], levels.heaps[level]
             members[seq] = worker
-            heappush(heap, seq)
-            if len(heap) > 2 * len(members) + 16:
-                heap[:] = members
-                heapify(heap)
+            heap = levels.heaps[level]
+            if heap is not None:
+                heappush(heap, seq)
+                if len(heap) > (len(members) << 1) + 16:   # mostly stale: rebuild, O(1) amortized
+                    heap[:] = members
+                    heapify(heap)
         if level == 0:
-            self.idle_cores[node] += len(worker.cores)
-            self.changed.add(node)
+            self.idle_cores[worker.node] += len(worker.cores)
+            self.changed.add(worker.node)
 
     def warmed(self, worker: _Worker, fn: bytes) -> None:
         """The worker has just cached ``fn`` (call before it is refiled)."""
@@ -221,7 +244,7 @@ class Placement:
         for levels in worker.pools:
             members = levels.members[level]
             if members.pop(worker.seq, None) is not None and not members:
-                levels.heaps[level].clear()
+                levels.heaps[level] = None
         if level == 0:
             self.idle_cores[worker.node] -= len(worker.cores)
             self.changed.add(worker.node)
@@ -230,6 +253,8 @@ class Placement:
     def best(self, fn: bytes, depth: int, prefer: str | None,
              memory: int | None) -> _Worker | None:
         """The worker a one-core task goes to, or None when none can take it now."""
+        if memory and self.most_room() < memory:   # (no node has room: the common refusal)
+            return None
         if prefer is not None:
             levels = self.nodes.get(prefer)
             if levels is not None and (not memory or self.room(prefer) >= memory):
@@ -267,6 +292,10 @@ class Placement:
                  memory: int) -> _Worker | None:
         """The best worker at ``level`` on a node with ``memory`` bytes free (warm first)."""
         room = self.room
+        first = (warm if warm is not None and level < len(warm.members)
+                 and warm.members[level] else self.all).first(level)
+        if room(first.node) >= memory:   # (the first in line fits: the walk below starts there)
+            return first
 
         def fits(w: _Worker) -> bool:
             return room(w.node) >= memory
@@ -297,15 +326,28 @@ class Placement:
                 best, best_key = levels.members[level][key[1]], key
         return best
 
+    def _rooms(self) -> list[tuple[int, str]]:
+        """The heap of nodes by free memory, brought up to date (its top entry valid)."""
+        heap = self.by_room
+        if self.room_changed:
+            for node in self.room_changed:
+                heappush(heap, (-self.room(node), node))
+            self.room_changed.clear()
+            if len(heap) > 2 * len(self.nodes) + 16:
+                heap[:] = [(-self.room(n), n) for n in self.nodes]
+                heapify(heap)
+        while heap and self.room(heap[0][1]) != -heap[0][0]:   # (an old entry of a node)
+            heappop(heap)
+        return heap
+
+    def most_room(self) -> int:
+        """The most memory any node has free (bytes; 0 without nodes)."""
+        heap = self._rooms()
+        return -heap[0][0] if heap else 0
+
     def roomy(self, memory: int) -> list[str]:
         """The nodes with at least ``memory`` bytes free, most free first."""
-        heap = self.by_room
-        for node in self.room_changed:
-            heappush(heap, (-self.room(node), node))
-        self.room_changed.clear()
-        if len(heap) > 2 * len(self.nodes) + 16:
-            heap[:] = [(-self.room(n), n) for n in self.nodes]
-            heapify(heap)
+        heap = self._rooms()
         out, seen = [], set()
         for free, node in in_order(heap):
             if -free < memory:
@@ -316,16 +358,22 @@ class Placement:
         return out
 
     # ----- tasks that run alone ------------------------------------------------------------------
-    def exclusive_nodes(self, gpus: bool) -> Iterator[str]:
+    def exclusive_nodes(self, gpus: bool) -> Iterable[str]:
         """Nodes with an idle usable worker (and a free GPU), in join order of their first one."""
-        for node in self.changed:   # (re-file the nodes changed since the last call)
-            first = self.nodes[node].first(0)
-            seq = None if first is None else first.seq
-            self._note_first(self.by_first_idle, self.first_idle, node, seq)
-            if node in self.gpu_nodes:
-                self._note_first(self.gpu_by_first_idle, self.gpu_first_idle, node,
-                                 seq if self.gpus_free[node] else None)
-        self.changed.clear()
+        if self.changed:   # (re-file the nodes changed since the last call)
+            nodes, gpu_nodes, note = self.nodes, self.gpu_nodes, self._note_first
+            for node in self.changed:
+                first = nodes[node].first(0)
+                if first is None:
+                    self.first_idle.pop(node, None)
+                    self.gpu_first_idle.pop(node, None)
+                    continue
+                if self.first_idle.get(node) != first.seq:
+                    note(self.by_first_idle, self.first_idle, node, first.seq)
+                if node in gpu_nodes:
+                    note(self.gpu_by_first_idle, self.gpu_first_idle, node,
+                         first.seq if self.gpus_free[node] else None)
+            self.changed.clear()
         heap, filed = ((self.gpu_by_first_idle, self.gpu_first_idle) if gpus
                        else (self.by_first_idle, self.first_idle))
         if len(heap) > 2 * len(filed) + 16:
@@ -333,9 +381,9 @@ class Placement:
             heapify(heap)
         while heap and filed.get(heap[0][1]) != heap[0][0]:
             heappop(heap)
-        for seq, node in in_order(heap):
-            if filed.get(node) == seq:
-                yield node
+        if len(filed) <= 1:   # (none, or one: its entry is on top)
+            return (heap[0][1],) if heap else ()
+        return (node for seq, node in in_order(heap) if filed.get(node) == seq)
 
     @staticmethod
     def _note_first(heap: list[tuple[int, str]], filed: dict[str, int], node: str,
@@ -363,35 +411,53 @@ class Placing:
         It runs on an idle worker of a node where enough other idle workers lend their cores
         and enough GPUs are free: the preferred node if it can, else the first such node.
         """
-        opts = task.opts
         index: Placement = self._index
+        idle = index.all.members
+        if not idle or not idle[0] or task.opts.gpus > self.free_gpus:   # (the common refusals:
+            return None                                     # no idle worker, no GPU free)
         prefer = task.prefer
-        first = (prefer,) if prefer in index.nodes else ()
-        rest = (n for n in index.exclusive_nodes(opts.gpus > 0) if n != prefer)
-        for node in chain(first, rest):
-            if (len(self.gpus_free.get(node, ())) < opts.gpus
-                    or index.idle_cores[node] < max(1, opts.cores)
-                    or (opts.memory and opts.memory > self._room(node))):
-                continue
-            idle = index.idle_on(node)
-            fn = task.fn_hash
-            if opts.cores <= 1:   # (one worker: the first of the sort below, without a sort)
-                warm = [w for w in idle if fn in w.fns]
-                return (min(warm or idle, key=attrgetter("rank")), [],
-                        self.gpus_free[node][:opts.gpus])
-            warm = [w for w in idle if fn in w.fns]   # warm first, then by rank:
-            free = sorted(warm, key=attrgetter("rank"))
-            if sum(len(w.cores) for w in warm) < opts.cores:
-                free += sorted((w for w in idle if fn not in w.fns), key=attrgetter("rank"))
-            chosen: list[_Worker] = []
-            have = 0
-            for w in free:
-                if have >= opts.cores:
-                    break
-                chosen.append(w)
-                have += len(w.cores)
-            return chosen[0], chosen[1:], self.gpus_free[node][:opts.gpus]
+        if prefer is not None and prefer in index.nodes:
+            placed = self._exclusive_on(prefer, task)
+            if placed is not None:
+                return placed
+        for node in index.exclusive_nodes(task.opts.gpus > 0):
+            if node != prefer:
+                placed = self._exclusive_on(node, task)
+                if placed is not None:
+                    return placed
         return None
+
+    def _exclusive_on(self, node: str,
+                      task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
+        """Where on ``node`` the task runs alone, or None when the node cannot take it now.
+
+        Its idle workers with the function cached first, then by rank, lend their cores.
+        """
+        opts = task.opts
+        cores = opts.cores
+        index: Placement = self._index
+        if index.idle_cores[node] < (cores if cores > 1 else 1):
+            return None
+        free_gpus = self.gpus_free[node]
+        if len(free_gpus) < opts.gpus or (opts.memory and opts.memory > self._room(node)):
+            return None
+        idle = index.nodes[node].members[0].values()
+        fn = task.fn_hash
+        if cores <= 1:   # (one worker: the first warm one, else the first by rank; no sort)
+            first = min((w for w in idle if fn in w.fns), key=_rank, default=None)
+            return first or min(idle, key=_rank), [], free_gpus[:opts.gpus]
+        warm = sorted((w for w in idle if fn in w.fns), key=_rank)
+        have = 0
+        for i, w in enumerate(warm):
+            have += len(w.cores)
+            if have >= cores:
+                return w if i == 0 else warm[0], warm[1:i + 1], free_gpus[:opts.gpus]
+        chosen = warm + sorted((w for w in idle if fn not in w.fns), key=_rank)
+        for i in range(len(warm), len(chosen)):
+            have += len(chosen[i].cores)
+            if have >= cores:
+                return chosen[0], chosen[1:i + 1], free_gpus[:opts.gpus]
+        return chosen[0], chosen[1:], free_gpus[:opts.gpus]
 
     def _cannot_run(self, msg: TaskMsg) -> str:
         """Why no node of this world could ever run the task ("" if one could)."""

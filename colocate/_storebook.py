@@ -5,6 +5,8 @@ Part of :class:`colocate.scheduler.Scheduler` (a mixin: it works on the schedule
 ``_drops`` and ``_out``). Only these records pass through rank 0, never the data: a ``put`` is
 granted an id and a worker rank here, and the client sends the bytes to that rank itself.
 Objects count against the same per-node memory budget as the memory reserved by running tasks.
+``held`` files the object ids by the rank holding them, so a lost rank costs its own objects, not
+a scan of every object stored.
 """
 
 from __future__ import annotations
@@ -97,7 +99,14 @@ class StoreBook:
                 self._drops.setdefault(worker.rank, []).append(oid)
 
     def _add_object(self, oid: int, obj: _Object) -> None:
+        before = self.objects.get(oid)
+        if before is not None and before.rank != obj.rank:   # (filed where it is now)
+            del self.held[before.rank][oid]
         self.objects[oid] = obj
+        held = self.held.get(obj.rank)
+        if held is None:
+            held = self.held[obj.rank] = {}
+        held[oid] = None
         self.node_stored[obj.node] += obj.nbytes
         self._index.room_changed.add(obj.node)
         worker = self.workers.get(obj.rank)
@@ -109,12 +118,20 @@ class StoreBook:
             obj = self.objects.pop(oid, None)
             if obj is None:
                 continue
+            del self.held[obj.rank][oid]
             self.node_stored[obj.node] -= obj.nbytes
             self._index.room_changed.add(obj.node)
             worker = self.workers.get(obj.rank)
             if worker is not None:
                 worker.stored -= obj.nbytes
                 self._drops.setdefault(obj.rank, []).append(oid)
+
+    def _lose_objects(self, rank: int) -> None:
+        """The rank is gone, and the objects it held with it: O(its objects), not O(all)."""
+        for oid in self.held.pop(rank, ()):
+            obj = self.objects.pop(oid)
+            self.node_stored[obj.node] -= obj.nbytes
+            self.objects_lost += 1
 
     def _room(self, node: str) -> int:
         """Bytes of the node's budget not reserved by running tasks nor held by objects."""

@@ -92,6 +92,9 @@ AHEAD_SECONDS = 0.02   # a worker holds at most about this much of a short funct
 LEASE_AFTER = 2        # lone tasks in a row after which a client gets a lease ...
 LEASE_AFTER_MAX = 1024  # ... doubled, up to this, each time its lease gives way to other work
 
+_OK, _RAISED, _REQUEUE = Status.OK, Status.RAISED, Status.REQUEUE
+_new = tuple.__new__   # (builds a NamedTuple without the Python frame of its __new__)
+
 
 class _Task:
     __slots__ = ("gid", "client", "cid", "fn_hash", "args", "opts", "attempts", "rank",
@@ -106,13 +109,13 @@ class _Task:
         self.opts: TaskOptions = msg.options
         self.attempts = 0
         self.rank: int | None = None
-        self.helpers: list[_Worker] = []    # workers lending their cores to this task
+        self.helpers: list[_Worker] | tuple = ()   # workers lending their cores to this task
         self.cores: tuple[int, ...] = ()
         self.gpus: tuple[str, ...] = ()
         self.prefer: str | None = msg.prefer
 
 
-@dataclass
+@dataclass(slots=True)
 class _Worker:
     rank: int
     node: str
@@ -166,7 +169,9 @@ class Scheduler(StoreBook, Placing):
         self.node_reserved: dict[str, int] = {}
         self.node_gpus: dict[str, tuple[str, ...]] = {}
         self.gpus_free: dict[str, list[str]] = {}
+        self.free_gpus = 0   # GPUs free in the whole world (a quick refusal of GPU tasks)
         self.objects: dict[int, _Object] = {}
+        self.held: dict[int, dict[int, None]] = {}   # rank -> ids of the objects it holds
         self.node_stored: dict[str, int] = {}
         self.objects_lost = 0
         self._next_ref = 1
@@ -190,25 +195,31 @@ class Scheduler(StoreBook, Placing):
     # ----- entry point ---------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Instruction]:
         """Apply one event and return what the server loop must do, in order."""
-        kind = type(event)
-        method = self._handlers.get(kind)
+        method = self._handlers.get(type(event))
         if method is None:
-            method = self._handlers[kind] = getattr(type(self), "_on_" + kind.__name__)
+            method = self._handlers[type(event)] = getattr(type(self),
+                                                           "_on_" + type(event).__name__)
         method(self, event)
-        for task in reversed(self._returning):   # back to the front, in their old order
-            queue = self.queues[task.client]
-            if not queue:
-                self.turn.append(task.client)
-            queue.appendleft(task)
-        self._returning = []
-        self._dispatch()
-        self._grant_lease()
-        for rank, ids in self._drops.items():
-            self._out.append(DropObjects(rank, ids))
-        self._drops = {}
-        for client, results in self._deliveries.items():
-            self._out.append(Deliver(client, results))
-        self._deliveries = {}
+        # (each step below is skipped when it has nothing to do: this runs for every event)
+        if self._returning:
+            for task in reversed(self._returning):   # back to the front, in their old order
+                queue = self.queues[task.client]
+                if not queue:
+                    self.turn.append(task.client)
+                queue.appendleft(task)
+            self._returning = []
+        if self.turn:
+            self._dispatch()
+        if self._lease_for is not None:
+            self._grant_lease()
+        if self._drops:
+            for rank, ids in self._drops.items():
+                self._out.append(DropObjects(rank, ids))
+            self._drops = {}
+        if self._deliveries:
+            for client, results in self._deliveries.items():
+                self._out.append(Deliver(client, results))
+            self._deliveries = {}
         if self.draining and not self.tasks and not any(w.assigned or w.lease
                                                         for w in self.workers.values()):
             self._out.append(Exit())
@@ -299,6 +310,7 @@ class Scheduler(StoreBook, Placing):
         if ev.node not in self.node_gpus:
             self.node_gpus[ev.node] = tuple(ev.gpus)
             self.gpus_free[ev.node] = list(ev.gpus)
+            self.free_gpus += len(ev.gpus)
         self._index.join(worker, bool(self.node_gpus[ev.node]),
                          None if old is None else old.seq)
         self._limits = None
@@ -322,36 +334,50 @@ class Scheduler(StoreBook, Placing):
         worker = self.workers.get(ev.rank)
         if worker is None:
             return
-        worker.last_seen = max(worker.last_seen, ev.now)
-        for out in ev.outcomes:
-            task = worker.assigned.pop(out.gid, None)
+        if ev.now > worker.last_seen:
+            worker.last_seen = ev.now
+        assigned = worker.assigned
+        means = self.mean_runtime
+        for out in ev.outcomes:   # (the hot path of every decision: plain outcomes inlined)
+            task = assigned.pop(out.gid, None)
             if out.kept:
-                owner = task.client if task is not None and out.status == Status.OK else None
+                owner = task.client if task is not None and out.status == _OK else None
                 self._kept(worker, owner, out.kept)
             if task is None:
                 continue
             cores = task.cores or worker.cores
-            self._release(worker, task)
-            if out.status == Status.REQUEUE:
+            if task.helpers or task.gpus or task.opts.memory:
+                self._release(worker, task)
+            else:
+                task.rank = None
+            status = out.status
+            if status == _REQUEUE:
                 self._requeue(task)
                 continue
             task.attempts += 1
-            if out.status in (Status.OK, Status.RAISED):
-                took = max(0.0, out.finished - out.started)
-                old = self.mean_runtime.get(task.fn_hash)
-                self.mean_runtime[task.fn_hash] = took if old is None else (
-                    old + EWMA * (took - old))
-            if out.status != Status.OK and self._should_retry(task, out):
-                self.retried += 1
-                self._requeue(task)
-                continue
-            if out.status == Status.OK:
-                worker.done += 1
-            else:
+            if status == _OK or status == _RAISED:
+                took = out.finished - out.started
+                if took < 0.0:
+                    took = 0.0
+                old = means.get(task.fn_hash)
+                means[task.fn_hash] = took if old is None else old + EWMA * (took - old)
+            if status != _OK:
+                if self._should_retry(task, out):
+                    self.retried += 1
+                    self._requeue(task)
+                    continue
                 worker.failed += 1
-            info = TaskInfo(worker.node, worker.rank, cores, out.started, out.finished,
-                            task.attempts)
-            self._finish(task, ResultMsg(task.cid, out.status, out.payload, info))
+            else:
+                worker.done += 1
+            del self.tasks[task.gid]
+            if task.client is not None:
+                result = _new(ResultMsg, (task.cid, status, out.payload, _new(TaskInfo, (
+                    worker.node, worker.rank, cores, out.started, out.finished, task.attempts))))
+                results = self._deliveries.get(task.client)
+                if results is None:
+                    self._deliveries[task.client] = [result]
+                else:
+                    results.append(result)
         self._index.refile(worker)
 
     def _on_WorkerLost(self, ev: WorkerLost) -> None:
@@ -364,10 +390,7 @@ class Scheduler(StoreBook, Placing):
         self._limits = None
         if worker.lease:   # (its client sees the connection close and fails what it sent)
             self.leased.pop(worker.lease_client, None)
-        for oid in [i for i, o in self.objects.items() if o.rank == ev.rank]:
-            obj = self.objects.pop(oid)
-            self.node_stored[obj.node] -= obj.nbytes
-            self.objects_lost += 1
+        self._lose_objects(ev.rank)
         self._index.room_changed.add(worker.node)
         served = self.tasks.get(worker.lent_to) if worker.lent_to is not None else None
         if served is not None and worker in served.helpers:   # it was lending its cores
@@ -464,48 +487,52 @@ class Scheduler(StoreBook, Placing):
             return
         batches: dict[int, list[Work]] = {}
         blocked = 0
-        while self.turn and blocked < len(self.turn):
-            client = self.turn[0]
-            queue = self.queues[client]
+        turn, queues, index = self.turn, self.queues, self._index
+        last_fn, depth = None, 1   # (the send-ahead depth of the last function placed)
+        while turn and blocked < len(turn):
+            client = turn[0]
+            queue = queues[client]
             task = queue[0]
-            placed = self._place(task)
-            if placed is None:       # head of this client's queue does not fit now: next client
-                self.turn.rotate(-1)
+            opts = task.opts
+            fn = task.fn_hash
+            if opts.cores > 1 or opts.gpus:
+                placed = self._place_exclusive(task)
+                worker = None if placed is None else placed[0]
+            else:   # (what _place does, inlined: the hot path of every decision)
+                placed = None
+                if fn is not last_fn:
+                    last_fn, depth = fn, self._depth(fn)
+                worker = index.best(fn, depth, task.prefer, opts.memory)
+            if worker is None:       # head of this client's queue does not fit now: next client
+                turn.rotate(-1)
                 blocked += 1
                 continue
             blocked = 0
-            worker, helpers, gpus = placed
             queue.popleft()
-            self.turn.rotate(-1)
+            turn.rotate(-1)
             if not queue:
-                self.turn.remove(client)
+                turn.pop()   # (the client just rotated to the end)
             task.rank = worker.rank
             worker.assigned[task.gid] = task
-            if task.opts.memory:
-                self.node_reserved[worker.node] += task.opts.memory
-                self._index.room_changed.add(worker.node)
-            task.helpers = helpers
-            task.cores = ()
-            if helpers:
-                for h in helpers:
-                    h.lent_to = task.gid
-                    self._index.refile(h)
-                task.cores = tuple(sorted(c for w in (worker, *helpers) for c in w.cores))
-            task.gpus = tuple(gpus)
-            if gpus:
-                for g in gpus:
-                    self.gpus_free[worker.node].remove(g)
-                self._index.changed.add(worker.node)
+            if opts.memory:
+                self.node_reserved[worker.node] += opts.memory
+                index.room_changed.add(worker.node)
+            if placed is not None:
+                self._take(task, *placed)
             fn_bytes = None
-            if task.fn_hash not in worker.fns:
-                fn_bytes = self.fns[task.fn_hash]
-                worker.fns.add(task.fn_hash)
-                self._index.warmed(worker, task.fn_hash)
-            self._index.refile(worker)
-            timeout = task.opts.timeout if task.opts.timeout is not None else self.default_timeout
-            batches.setdefault(worker.rank, []).append(
-                Work(task.gid, task.fn_hash, fn_bytes, task.args, timeout, task.opts.memory,
-                     task.cores, task.gpus))
+            if fn not in worker.fns:
+                fn_bytes = self.fns[fn]
+                worker.fns.add(fn)
+                index.warmed(worker, fn)
+            index.refile(worker)
+            timeout = opts.timeout if opts.timeout is not None else self.default_timeout
+            work = _new(Work, (task.gid, fn, fn_bytes, task.args, timeout, opts.memory,
+                               task.cores, task.gpus))
+            batch = batches.get(worker.rank)
+            if batch is None:
+                batches[worker.rank] = [work]
+            else:
+                batch.append(work)
         for rank, work in batches.items():
             self._out.append(SendWork(rank, work))
         if self.turn and self.leased:   # something waits: leased slots come back
@@ -513,16 +540,41 @@ class Scheduler(StoreBook, Placing):
                                  key=lambda w: w.seq):
                 self._end_lease(worker, wanted=True)
 
+    def _take(self, task: _Task, worker: _Worker, helpers: list[_Worker],
+              gpus: list[str]) -> None:
+        """Give a task that runs alone its lent cores and GPUs."""
+        task.helpers = helpers
+        task.cores = ()
+        if helpers:
+            refile = self._index.refile
+            cores = list(worker.cores)
+            for h in helpers:
+                h.lent_to = task.gid
+                refile(h)
+                cores += h.cores
+            cores.sort()
+            task.cores = tuple(cores)
+        task.gpus = tuple(gpus)
+        if gpus:
+            self.free_gpus -= len(gpus)
+            for g in gpus:
+                self.gpus_free[worker.node].remove(g)
+            self._index.changed.add(worker.node)
+
+    def _depth(self, fn: bytes) -> int:
+        """How many tasks of ``fn`` a worker may hold: 1, or more when it is short (send-ahead)."""
+        mean = self.mean_runtime.get(fn)
+        if mean is not None and mean < self.prefetch_below:   # short: send some ahead, up to
+            return max(1, min(self.prefetch, round(AHEAD_SECONDS / max(mean, 1e-6))))   # ~20 ms
+        return 1
+
     def _place(self, task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
         """Choose where ``task`` runs: a worker, the workers lending it cores, its GPUs."""
         opts = task.opts
         if opts.cores > 1 or opts.gpus:
             return self._place_exclusive(task)
-        mean = self.mean_runtime.get(task.fn_hash)
-        depth = 1
-        if mean is not None and mean < self.prefetch_below:   # short: send some ahead, up to
-            depth = max(1, min(self.prefetch, round(AHEAD_SECONDS / max(mean, 1e-6))))   # ~20 ms
-        best = self._index.best(task.fn_hash, depth, task.prefer, opts.memory)
+        best = self._index.best(task.fn_hash, self._depth(task.fn_hash), task.prefer,
+                                opts.memory)
         return None if best is None else (best, [], [])
 
     # ----- helpers -------------------------------------------------------------------------------
@@ -539,13 +591,16 @@ class Scheduler(StoreBook, Placing):
         if task.opts.memory:
             self.node_reserved[worker.node] -= task.opts.memory
             self._index.room_changed.add(worker.node)
-        for h in task.helpers:
-            h.lent_to = None
-            self._index.refile(h)
-        task.helpers = []
+        if task.helpers:
+            refile = self._index.refile
+            for h in task.helpers:
+                h.lent_to = None
+                refile(h)
+            task.helpers = ()
         if task.gpus:   # back in inventory order, so GPU ids come out predictably
-            free = set(self.gpus_free[worker.node]) | set(task.gpus)
+            free = self.gpus_free[worker.node] + list(task.gpus)
             self.gpus_free[worker.node] = [g for g in self.node_gpus[worker.node] if g in free]
+            self.free_gpus += len(task.gpus)
             task.gpus = ()
             self._index.changed.add(worker.node)
 

@@ -26,4 +26,5 @@ def test_quick_run_writes_rows(run_bench):
     for m in data["memory"]:
         assert 0 < m["bytes_per_worker"] < 1 << 20 and 0 < m["bytes_per_queued_task"] < 1 << 20
         assert m["worker_lost_us"] > 0 and m["pause_node_ranks"] == min(64, m["workers"])
+        assert m["objects_stored"] >= 10_000 * 0.9 and m["objects_per_lost_rank"] >= 1, m
     assert {v["result"] for v in data["verdict"]} <= {"PASS", "MISS"} and data["verdict"]

@@ -234,6 +234,40 @@ def test_lost_worker_loses_its_objects_and_their_bytes():
     assert s.handle(S.FreeRequested(7, [a.ref_id])) == []
 
 
+def test_lost_worker_touches_only_the_objects_it_held():
+    """WorkerLost goes through the objects filed under the lost rank, not through all of them."""
+    s = sched(nodes=("n1", "n2"), per_node=2)
+    s.handle(S.Submitted(7, [TaskMsg(0, FN, b"fn", b"a", TaskOptions())]))
+    kept = tuple(((i << 16) | 1, 1) for i in range(1, 201))   # 200 kept on rank 1 (n1) ...
+    s.handle(S.WorkerDone(1, [Outcome(0, Status.OK, b"r", 1.0, 2.0, kept=kept)]))
+    for i in range(3):   # ... and puts on n2's ranks
+        s.handle(S.PutRequested(7, i, 10, node="n2"))
+    assert s.snapshot()["store"]["objects"] == 203
+    seen = []
+
+    class Watched(dict):   # the object records, noting every scan of them
+        def items(self):
+            seen.append("items")
+            return super().items()
+
+        def values(self):
+            seen.append("values")
+            return super().values()
+
+        def __iter__(self):
+            seen.append("iter")
+            return super().__iter__()
+
+    s.objects = Watched(s.objects)
+    s.handle(S.WorkerLost(2, "gone"))   # holds nothing: nothing is lost
+    assert seen == [] and len(s.objects) == 203
+    s.handle(S.WorkerLost(1, "gone"))
+    assert seen == [] and len(s.objects) == 3
+    snap = s.snapshot()["store"]
+    assert snap["lost"] == 200 and snap["nodes"]["n1"]["bytes"] == 0
+    assert s.held.get(1) is None and sorted(r for r, ids in s.held.items() if ids) == [3, 4]
+
+
 def test_tasks_prefer_the_node_holding_their_data():
     s = sched(nodes=("n1", "n2"))
     msgs = [TaskMsg(i, FN, b"fn" if i == 0 else None, b"a", TaskOptions(), "n2")

@@ -335,6 +335,11 @@ def check_index(s: S.Scheduler) -> None:
     assert idle == index.idle_cores
     filed = sum(len(m) for m in index.all.members)
     assert filed == sum(1 for w in s.workers.values() if w.level >= 0)
+    by_rank = {}
+    for oid, obj in s.objects.items():   # the objects filed by the rank holding them
+        by_rank.setdefault(obj.rank, set()).add(oid)
+    assert {r: set(ids) for r, ids in s.held.items() if ids} == by_rank
+    assert s.free_gpus == sum(len(g) for g in s.gpus_free.values())
 
 
 def state(s: S.Scheduler):

@@ -253,3 +253,31 @@ def test_tasks_asking_more_cores_or_gpus_than_any_node_has_are_rejected():
     payloads = [pickle.loads(r.payload) for r in out[0].results]
     assert [r.status for r in out[0].results] == [Status.REJECTED, Status.REJECTED]
     assert "most any node offers is 2" in payloads[0] and "3 GPU(s)" in payloads[1]
+
+
+def test_events_and_instructions_keep_their_dataclass_behaviour():
+    """The cheaper __init__ of colocate._events builds the same frozen, slotted records."""
+    import dataclasses
+
+    from colocate import _events as E
+
+    kinds = [getattr(E, n) for n in dir(E) if isinstance(getattr(E, n), type)
+             and dataclasses.is_dataclass(getattr(E, n))]
+    assert len(kinds) >= 28
+    for kind in kinds:
+        params = dataclasses.fields(kind)
+        args = [f"v{i}" for i, f in enumerate(params) if f.default is dataclasses.MISSING]
+        a, b = kind(*args), kind(*args)
+        assert not hasattr(a, "__dict__"), kind   # (slots)
+        assert a == b and hash(a) == hash(b)
+        for f in params:   # defaults as declared, positional and keyword alike
+            want = f.default if f.default is not dataclasses.MISSING else args[params.index(f)]
+            assert getattr(a, f.name) == want, (kind, f.name)
+        assert kind(**dict(zip([f.name for f in params], args, strict=False))) == a
+        assert repr(a).startswith(kind.__name__ + "(")
+        if params:
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(a, params[0].name, "x")
+    with pytest.raises(TypeError, match="outcomes"):
+        E.WorkerDone(1)
+    assert E.WorkerDone(1, [], now=2.0) == E.WorkerDone(1, [], 2.0) != E.WorkerDone(1, [])
