@@ -69,3 +69,69 @@ def test_a_pool_job_is_submitted_found_counted_and_cancelled_with_a_warning(slur
     # scancel warns the worker with SIGTERM (what preemption does) before it ends the job.
     wait_for(lambda: "term" in marks.read_text(), 30, "the worker's SIGTERM on cancel")
     wait_for(lambda: not s.jobs(run(s.query(t))), 60, "squeue to list no pool job")
+
+
+def _pool(tmp_path: Path, **settings) -> dict:
+    return {**config.load(environ={})["pool"], "time": "5m", "grace": 20,
+            "options": [f"--chdir={tmp_path}"], **settings}
+
+
+SLEEPER = ["sh", "-c", "while :; do sleep 0.2; done"]
+
+
+def test_the_manager_grows_to_max_jobs_shrinks_when_idle_and_stop_cancels_all(
+        slurm, tmp_path: Path, caplog):  # noqa: F811
+    from colocate.pool.manager import Joined, PoolManager
+    now = [1000.0]
+    name = f"colocate-pool-mgr-{tmp_path.name[-12:]}"
+    manager = PoolManager(_pool(tmp_path, max_jobs=1, idle_timeout=60), name, SLEEPER,
+                          output=str(tmp_path / "%j.out"), clock=lambda: now[0])
+    s = manager.backend
+    try:
+        caplog.set_level("INFO", logger="colocate.pool")
+        [grow] = manager.tick(queued=5, free_cores=0)
+        assert grow.count == 1
+        [jid] = manager.submitted
+        assert f"pool: submitted job {jid}: 5 task(s) queued" in caplog.text
+        [job] = wait_for(lambda: s.jobs(run(s.query(manager.template))), 30,
+                         "squeue to list the pool's job")
+        assert job.id == jid
+        # max_jobs 1: more work submits nothing more.
+        assert manager.tick(queued=500, free_cores=0) == []
+        wait_for(lambda: manager.tick(queued=0, free_cores=1) == [] and
+                 manager.jobs[0].state == "running", 30, "the job to run")
+        # Idle past idle_timeout with nothing queued: cancelled, with the reason.
+        now[0] += 100
+        [cancel] = manager.tick(queued=0, free_cores=1,
+                                joined={jid: Joined(cores=1, idle_since=now[0] - 90)})
+        assert cancel.job == jid
+        assert f"pool: cancelled job {jid}: idle for 90 s" in caplog.text
+        wait_for(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to end")
+        # Grown again, then the world stops: stop() cancels every job of the pool.
+        manager.tick(queued=5, free_cores=0)
+        [again] = manager.submitted
+        assert manager.stop() == [again]
+        wait_for(lambda: not s.jobs(run(s.query(manager.template))), 60,
+                 "no pool job after stop()")
+    finally:
+        ids = [j.id for j in s.jobs(run(s.query(manager.template)))]
+        if ids:
+            subprocess.run(s.cancel(ids), timeout=30)
+
+
+def test_a_submit_the_batch_system_refuses_is_logged_and_rank_0_carries_on(
+        slurm, tmp_path: Path, caplog):  # noqa: F811
+    from colocate.pool.manager import PoolManager
+    # More memory than the node has: sbatch refuses the job at submission.
+    manager = PoolManager(_pool(tmp_path, max_jobs=2, options=["--mem=64000000"]),
+                          f"colocate-pool-bad-{tmp_path.name[-12:]}", SLEEPER)
+    caplog.set_level("INFO", logger="colocate.pool")
+    decisions = manager.tick(queued=5, free_cores=0)
+    assert [type(d).__name__ for d in decisions] == ["Submit"]
+    assert manager.submitted == {}
+    assert "pool: submitting a job failed (exit 1)" in caplog.text
+    assert "node configuration is not available" in caplog.text
+    # The next tick tries again, and still nothing is left behind in the queue.
+    manager.tick(queued=5, free_cores=0)
+    assert manager.submitted == {} and not manager.backend.jobs(run(manager.backend.query(
+        manager.template)))
