@@ -1,4 +1,4 @@
-"""The ``colocate`` command line: serve, stop, status, info, run, submit, report, demo.
+"""The ``colocate`` command line: serve, join, stop, status, info, run, submit, report, demo.
 
 Exit codes: 0 success; 1 some tasks failed (``run``/``submit``) or the server could not be
 reached; 2 invalid input (bad option, configuration or batch file), reported before anything
@@ -32,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop the world when process PID exits or closes its connection "
                    "(Executor() passes its own pid and start time for the local world it "
                    "starts); without it, the world runs until stopped")
+
+    j = sub.add_parser("join", help="add this node's spare cores to a running world over TCP "
+                       "(from another batch job, e.g. a pool's)")
+    j.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"),
+                   help="the world's address file (or COLOCATE_ADDRESS)")
+    j.add_argument("--cores", metavar="LIST",
+                   help="cores to work on, e.g. 0-3 (default: co_location.spare_cores); one "
+                   "worker process per core")
+    j.add_argument("--config", help="configuration file (see colocate/defaults.yaml)")
 
     for name, text in (("stop", "stop a running server"), ("status", "show a server's state")):
         c = sub.add_parser(name, help=text)
@@ -95,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"colocate {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _join(args: argparse.Namespace) -> int:
+    from . import config
+    from .colocation.cpulist import parse_cpulist
+    from .joined import join
+    if not args.address:
+        raise ConfigError("no world to join: expected --address FILE (the address file that "
+                          "`colocate serve` wrote) or COLOCATE_ADDRESS")
+    cfg = config.load(args.config)
+    cores = None if args.cores is None else parse_cpulist(args.cores, key="--cores")
+    return join(cfg, args.address, cores, args.config)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -351,5 +372,5 @@ def _demo(args: argparse.Namespace) -> int:
                        n=args.n, local_world=True)
 
 
-_COMMANDS = {"serve": _serve, "stop": _stop, "status": _status, "info": _info, "run": _run,
-             "submit": _submit, "report": _report, "demo": _demo}
+_COMMANDS = {"serve": _serve, "join": _join, "stop": _stop, "status": _status, "info": _info,
+             "run": _run, "submit": _submit, "report": _report, "demo": _demo}
