@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _join(args: argparse.Namespace) -> int:
+    import mpi4py
+    mpi4py.rc.initialize = False   # a joined worker is not an MPI process: never start MPI
+    mpi4py.rc.finalize = False
     from . import config
     from .colocation.cpulist import parse_cpulist
     from .joined import join
@@ -217,6 +220,9 @@ def render_status(st: dict) -> str:
                          f"go there directly (counted in done/failed within a heartbeat)")
     for rank, why in st["lost"].items():
         lines.append(f"lost rank {rank}: {why}")
+    for job in st.get("pool", ()):
+        lines.append(f"pool job {job['id']}: {job['state']} on {','.join(job['nodes']) or '-'}, "
+                     f"{job['cores']} core(s) joined, {job['tasks_done']} task(s) done")
     for node, budget in st["node_budget"].items():
         used = st["node_reserved"].get(node, 0)
         lines.append(f"memory for functions on {node}: {used / 2**30:.1f} of "

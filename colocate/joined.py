@@ -110,6 +110,9 @@ def join(cfg: dict, address_path: str, cores: list[int] | None, config_path: str
         ServerUnavailable: no world at ``address_path``, or it refused the join.
         ConfigError: no spare core here, or a core that this process may not use.
     """
+    import mpi4py
+    mpi4py.rc.initialize = False   # a joined worker is not an MPI process: never start MPI
+    mpi4py.rc.finalize = False
     from . import address as addresses
     from .world import spare_cores
     address = addresses.read(address_path)
@@ -155,9 +158,6 @@ def _one_per_core(address_path: str, cores: list[int], config_path: str | None) 
 
 
 def _join_one(cfg: dict, address: Any, cores: list[int], source: str) -> int:
-    import mpi4py
-    mpi4py.rc.initialize = False   # a joined worker is not an MPI process: never start MPI
-    mpi4py.rc.finalize = False
     from . import bell as bells
     from . import comm as mpi
     from .colocation.topology import Topology
@@ -189,7 +189,8 @@ def _join_one(cfg: dict, address: Any, cores: list[int], source: str) -> int:
     place = {"node": node, "cores": cores,
              "gpus": [g.id for g in Topology.probe(cfg["co_location"]).gpus],
              "memory_budget": memory_budget(cfg["co_location"]["memory_budget"]),
-             "detail": {"spare": cores, "source": source, "pid": os.getpid(), "joined": True},
+             "detail": {"spare": cores, "source": source, "pid": os.getpid(), "joined": True,
+                        "job": _batch_job()},
              "peers": [os.getppid()],
              "token": address.token,
              "store_host": address.host if address.host.startswith("127.") else (
@@ -209,6 +210,14 @@ def _join_one(cfg: dict, address: Any, cores: list[int], source: str) -> int:
              welcome.rank, node, _cpus(cores))
     worker.run()
     return 0 if worker.left_cleanly else 1
+
+
+def _batch_job() -> str | None:
+    """The id of the batch job this worker runs in (a pool's job), if any."""
+    for name in ("SLURM_JOB_ID", "PBS_JOBID", "FLUX_JOB_ID"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
 
 
 def _wait_welcome(link: StreamLink, path: str) -> Any:

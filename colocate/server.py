@@ -25,6 +25,7 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,6 +129,8 @@ class Server:
         self.joined_ids: dict[Stream, int] = {}
         self.next_joined = comm.Get_size()
         self.leaving: set[int] = set()                # joined workers that said Leaving
+        self.worker_job: dict[int, str] = {}          # joined worker -> its batch job's id
+        self.pool = _Pool(cfg, address) if cfg["pool"]["max_jobs"] > 0 else None
 
     def await_workers(self, count: int, timeout: float) -> None:
         """Wait until ``count`` workers have introduced themselves (before the address is out).
@@ -189,6 +192,8 @@ class Server:
                 if now - last_tick > self.heartbeat:
                     last_tick = now
                     self._apply(S.Tick(now))
+                    if self.pool is not None:
+                        self.pool.see(self.sched, self.worker_job, now)
                     if self.owner is not None and self.owner.fd is None and self.owner.gone():
                         self._owner_gone()
                 self._wait(self.backoff.delay(now))
@@ -260,6 +265,8 @@ class Server:
                      msg.node, list(msg.cores), msg.detail.get("sandbox"),
                      msg.detail.get("cgroup"), msg.detail.get("guard"))
             self.stores[rank] = msg.store
+            if rank in self.joined and msg.detail.get("job"):
+                self.worker_job[rank] = str(msg.detail["job"])
             if msg.tasks is not None:
                 self.task_ports[rank] = tuple(msg.tasks)
             self._apply(S.WorkerJoined(rank, msg.node, msg.cores, msg.memory_budget, now,
@@ -471,6 +478,8 @@ class Server:
         self.stop_now = True
 
     def _shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
         for client in list(self.clients.values()):
             try:
                 self._to_client(client, Bye("the server is stopping"))
@@ -491,7 +500,80 @@ class Server:
         snap = self.sched.snapshot()
         snap.update({"uptime": time.time() - self.started, "clients_connected": len(self.clients),
                      "address": self.address.path})
+        if self.pool is not None:
+            snap["pool"] = self.pool.status()
         return snap
+
+
+class _Pool:
+    """Rank 0's pool of joined workers (:mod:`colocate.pool`), run in a thread of its own.
+
+    The batch system's commands take tens of milliseconds to seconds; rank 0's loop must not
+    wait for them. The loop hands over what the policy needs (:meth:`see`, once a heartbeat);
+    the thread decides and acts every ``pool.interval`` seconds. :meth:`stop` cancels every job
+    of the pool when the world stops.
+    """
+
+    def __init__(self, cfg: dict, address: Address) -> None:
+        import sys
+
+        from .pool.manager import PoolManager
+        here = os.path.dirname(address.path) or "."
+        command = [sys.executable, "-m", "colocate", "join", "--address", address.path]
+        self.manager = PoolManager(cfg["pool"], f"colocate-pool-{address.token[:8]}", command,
+                                   output=os.path.join(here, "colocate-pool-%j.out"))
+        self.interval = float(cfg["pool"]["interval"])
+        self.view: tuple | None = None
+        self.rows: list[dict] = []
+        self.idle_since: dict[int, float] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="colocate-pool", daemon=True)
+        self.thread.start()
+
+    def see(self, sched: S.Scheduler, worker_job: dict[int, str], now: float) -> None:
+        """Record, from rank 0's loop, the queue, the free cores and the pool's workers."""
+        from .pool.manager import Joined
+        free = 0
+        jobs: dict[str, list] = {}
+        for rank, w in sched.workers.items():
+            idle = not w.assigned and not w.lease
+            if idle and not w.paused:
+                free += len(w.cores)
+            if idle:
+                self.idle_since.setdefault(rank, now)
+            else:
+                self.idle_since.pop(rank, None)
+            job = worker_job.get(rank)
+            if job is not None:
+                jobs.setdefault(job, []).append((len(w.cores), self.idle_since.get(rank), w.done))
+        joined = {job: Joined(sum(c for c, _, _ in ws),
+                              None if any(i is None for _, i, _ in ws) else max(
+                                  i for _, i, _ in ws),
+                              sum(d for _, _, d in ws)) for job, ws in jobs.items()}
+        self.view = (sched.queued(), free, joined)
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.interval):
+            view = self.view
+            if view is None:
+                continue
+            try:
+                self.manager.tick(*view)
+                self.rows = self.manager.status(view[2])
+            except Exception:   # the pool must never take rank 0 down
+                log.exception("pool: a decision failed; trying again in %g s", self.interval)
+
+    def status(self) -> list[dict]:
+        """The pool's jobs as last listed, for ``colocate status``."""
+        return list(self.rows)
+
+    def stop(self) -> None:
+        """Stop deciding and cancel every job of the pool."""
+        self.done.set()
+        self.thread.join(timeout=60)
+        cancelled = self.manager.stop()
+        if cancelled:
+            log.info("pool: cancelled job(s) %s: the world is stopping", ", ".join(cancelled))
 
 
 

@@ -44,7 +44,10 @@ def parse_duration(text: Any, key: str) -> int:
     expected = ("expected a duration such as '1:00:00', '2-00:00:00', '45:00', '90s', '30m' "
                 "or '2h'")
     if isinstance(text, bool) or not isinstance(text, str):
-        hint = f" (write '{text}s' or '{text}m')" if isinstance(text, int | float) else ""
+        hint = ""
+        if isinstance(text, int | float) and not isinstance(text, bool):
+            hint = (f" (YAML reads an unquoted 1:00:00 as 3600: quote it, or write '{text}s' "
+                    f"or '{text}m')")
         raise ConfigError(f"{expected}, found {text!r}{hint}", key=key)
     s = text.strip()
     m = re.fullmatch(r"(\d+)\s*([smhd])", s)

@@ -15,6 +15,7 @@ are adopted.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,15 @@ from .policy import Cancel, Job, Policy, Submit, View, decide
 log = logging.getLogger("colocate.pool")
 
 COMMAND_TIMEOUT = 30.0   # seconds a batch-system command may take
+# A job that ends before any of its workers joined has failed (a broken environment, a wrong
+# address, a node that cannot reach rank 0). After this many in a row the pool holds off,
+# doubling the wait each time, so a broken set-up never turns into a stream of submissions.
+FAILED_IN_A_ROW = 2
+HOLD_MAX = 600.0         # seconds, the longest the pool holds off
+
+# Variables of the MPI launch rank 0 runs in: a pool job inherits the environment it was
+# submitted from (sbatch --export=ALL), and these would make its workers try to join that MPI job.
+_MPI_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPICH_", "I_MPI_")
 
 
 @dataclass(frozen=True)
@@ -48,9 +58,11 @@ class Done:
 
 
 def run_command(cmd: Sequence[str]) -> Done:
-    """Run a batch-system command, bounded by :data:`COMMAND_TIMEOUT`."""
+    """Run a batch-system command, bounded by :data:`COMMAND_TIMEOUT`, without MPI's variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_MPI_PREFIXES)}
     try:
-        done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                              env=env)
     except FileNotFoundError:
         return Done(127, "", f"{cmd[0]}: command not found")
     except subprocess.TimeoutExpired:
@@ -82,6 +94,11 @@ class PoolManager:
         self.submitted: dict[str, float] = {}   # job id -> when this manager submitted it
         self.jobs: list[JobState] = []           # as the batch system last listed them
         self.failures = 0                        # commands that failed in a row
+        self.joined_ever: set[str] = set()       # jobs some worker of which has joined
+        self.failed_jobs = 0                     # jobs in a row that ended with none joined
+        self.hold_until = 0.0                    # no submission before this time
+        self.cancelled: set[str] = set()         # jobs this manager cancelled
+        self.policy_interval = float(pool.get("interval", 5.0))
 
     @property
     def enabled(self) -> bool:
@@ -101,14 +118,18 @@ class PoolManager:
         now = self.clock()
         for job in listed:            # adopt jobs of this pool that another rank 0 submitted
             self.submitted.setdefault(job.id, now)
+        self.joined_ever |= {jid for jid, j in joined.items() if j.cores}
         for jid in set(self.submitted) - {j.id for j in listed}:
             del self.submitted[jid]   # the batch system no longer lists it: ended
+            self._ended(jid, now)
         idle = self._idle_nodes()
         view = View(now=now, queued=queued, free_cores=free_cores, idle_nodes=idle,
                     jobs=tuple(Job(j.id, j.state, self.submitted[j.id],
                                    joined.get(j.id, Joined()).idle_since,
                                    joined.get(j.id, Joined()).cores) for j in listed))
         decisions = decide(view, self.policy)
+        if now < self.hold_until:
+            decisions = [d for d in decisions if not isinstance(d, Submit)]
         for d in decisions:
             if isinstance(d, Cancel):
                 self._cancel([d.job], d.reason)
@@ -117,6 +138,19 @@ class PoolManager:
                     if not self._submit(d.reason):
                         break
         return decisions
+
+    def _ended(self, jid: str, now: float) -> None:
+        if jid in self.joined_ever or jid in self.cancelled:
+            self.failed_jobs = 0
+            return
+        self.failed_jobs += 1
+        if self.failed_jobs >= FAILED_IN_A_ROW:
+            hold = min(HOLD_MAX, self.policy_interval * 2 ** self.failed_jobs)
+            self.hold_until = now + hold
+            where = f" (its output: {self.template.output})" if self.template.output else ""
+            log.error("pool: job %s ended before any of its workers joined, %d such job(s) in a "
+                      "row%s; no new job for %.0f s. Check that `colocate join` can run there "
+                      "and reach this world", jid, self.failed_jobs, where, hold)
 
     def stop(self) -> list[str]:
         """Cancel every job of the pool that the batch system lists; returns their ids."""
@@ -184,4 +218,5 @@ class PoolManager:
         if self._call(self.backend.cancel(ids), f"cancelling job(s) {', '.join(ids)}") is None:
             return
         for jid in ids:
+            self.cancelled.add(jid)
             log.info("pool: cancelled job %s: %s", jid, reason)

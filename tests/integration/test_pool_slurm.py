@@ -6,6 +6,7 @@ what Slurm prints is read back with the backend's own parsers.
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import time
@@ -135,3 +136,85 @@ def test_a_submit_the_batch_system_refuses_is_logged_and_rank_0_carries_on(
     manager.tick(queued=5, free_cores=0)
     assert manager.submitted == {} and not manager.backend.jobs(run(manager.backend.query(
         manager.template)))
+
+
+def test_a_world_grows_a_pool_into_slurm_and_gives_it_back(slurm, world_factory,  # noqa: F811
+                                                           tmp_path: Path):
+    import sys
+
+    import cloudpickle
+
+    import colocate
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    world = world_factory(ranks=2, env={
+        "COLOCATE_POOL_MAX_JOBS": "1", "COLOCATE_POOL_INTERVAL": "0.5",
+        "COLOCATE_POOL_IDLE_TIMEOUT": "2", "COLOCATE_POOL_TIME": "5m",
+        "COLOCATE_POOL_GRACE": "10", "COLOCATE_LOG": "info"})
+    name = f"colocate-pool-{json.loads(world.address.read_text())['token'][:8]}"
+    s = backend("slurm")
+    t = JobTemplate.from_config(config.load(environ={})["pool"], name=name)
+    trace = tmp_path / "runs"
+    try:
+        with colocate.Executor(address=world.address) as ex:
+            # A backlog on one worker rank: the pool submits a job, whose workers join.
+            futures = [ex.submit(_record, str(trace), i, 0.3) for i in range(40)]
+            wait_for(lambda: any(w["rank"] >= 2 for w in ex.status()["workers"]), 90,
+                     "a worker of the pool's job to join")
+            [job] = ex.status()["pool"] or [None]
+            assert job is None or job["state"] in {"pending", "running"}
+            for f in futures:
+                f.result(timeout=120)
+            assert {f.info.rank for f in futures} - {1}, "no task ran on a pool worker"
+            # Idle past pool.idle_timeout: the job is cancelled, its workers leave cleanly.
+            wait_for(lambda: not s.jobs(run(s.query(t))), 90, "the idle pool job to end")
+            wait_for(lambda: [w["rank"] for w in ex.status()["workers"]] == [1], 60,
+                     "the pool's workers to leave")
+            # A new backlog grows it again, and stopping the world cancels it.
+            more = [ex.submit(_record, str(trace), 100 + i, 0.3) for i in range(40)]
+            wait_for(lambda: s.jobs(run(s.query(t))), 60, "a second pool job")
+        world.stop()
+        wait_for(lambda: not s.jobs(run(s.query(t))), 60, "no pool job after the world stopped")
+    finally:
+        ids = [j.id for j in s.jobs(run(s.query(t)))]
+        if ids:
+            subprocess.run(s.cancel(ids), timeout=30)
+    runs = [int(x) for x in trace.read_text().split()]
+    first = [k for k in runs if k < 100]
+    assert sorted(first) == list(range(40)), "every task of the first backlog ran exactly once"
+    assert len(runs) == len(set(runs)), "no task ran twice"
+    assert "pool: submitted job" in world.log() and "pool: cancelled job" in world.log()
+    assert "worker lost" not in world.log()
+    del more
+
+
+def _record(path: str, key: int, seconds: float) -> int:
+    import os
+    import time
+    with open(path, "a") as f:
+        f.write(f"{key}\n")
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_jobs_that_end_before_a_worker_joins_make_the_pool_hold_off(slurm, tmp_path: Path,  # noqa: F811
+                                                                    caplog):
+    from colocate.pool.manager import PoolManager
+    now = [0.0]
+    manager = PoolManager(_pool(tmp_path, max_jobs=1, interval=5.0),
+                          f"colocate-pool-fail-{tmp_path.name[-12:]}", ["sh", "-c", "exit 3"],
+                          output=str(tmp_path / "%j.out"), clock=lambda: now[0])
+    s = manager.backend
+    caplog.set_level("INFO", logger="colocate.pool")
+    for _ in range(2):
+        [grow] = manager.tick(queued=5, free_cores=0)
+        assert grow.count == 1
+        wait_for(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to fail")
+        now[0] += 1
+    # Both ended with no worker joined: the second makes the pool hold off, and say why.
+    assert manager.tick(queued=5, free_cores=0) == [] and manager.submitted == {}
+    assert "ended before any of its workers joined, 2 such job(s) in a row" in caplog.text
+    assert f"its output: {tmp_path}/%j.out" in caplog.text
+    now[0] += 5 * 2 ** 2 + 1   # past the hold: it tries again
+    manager.tick(queued=5, free_cores=0)
+    assert len(manager.submitted) == 1
+    manager.stop()
