@@ -207,3 +207,26 @@ def test_several_cores_make_one_joined_worker_each(world_factory, joiners, tmp_p
         joiner.proc.send_signal(signal.SIGTERM)
         assert joiner.wait() == 0, joiner.log()
         wait_joined(ex, 1)
+
+
+def test_a_joined_worker_that_vanishes_is_lost_after_the_heartbeat_timeout_and_its_task_retried(
+        world_factory, joiners, tmp_path):
+    # SIGSTOP: no FIN, no heartbeats, as when a node drops off the network.
+    world = world_factory(ranks=2, env={"COLOCATE_SERVER_HEARTBEAT_TIMEOUT": "3"})
+    joiner = joiners(world, tmp_path, "--cores", "1")
+    trace = tmp_path / "runs"
+    with colocate.Executor(address=world.address) as ex:
+        wait_joined(ex, 2)
+        long = [ex.options(retries=1).submit(record, str(trace), i, 2.0) for i in range(2)]
+        wait_until(lambda: trace.exists() and len(trace.read_text().split()) == 2, 60,
+                   "both long tasks to start")
+        joiner.proc.send_signal(signal.SIGSTOP)
+        start = time.monotonic()
+        wait_joined(ex, 1)
+        assert time.monotonic() - start < 3 + 2 + 10   # heartbeat timeout, a tick, slack
+        assert all(isinstance(f.result(timeout=60), int) for f in long)   # retried elsewhere
+        assert {f.info.rank for f in long} == {1}
+        assert sorted(f.info.attempts for f in long) == [1, 2]
+        assert "was silent for" in ex.status()["lost"][JOINED]
+    joiner.proc.send_signal(signal.SIGCONT)   # it finds its link closed, and exits
+    assert joiner.wait() != 0

@@ -7,6 +7,7 @@ what Slurm prints is read back with the backend's own parsers.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import time
@@ -218,3 +219,71 @@ def test_jobs_that_end_before_a_worker_joins_make_the_pool_hold_off(slurm, tmp_p
     manager.tick(queued=5, free_cores=0)
     assert len(manager.submitted) == 1
     manager.stop()
+
+
+@pytest.fixture
+def preemptible(slurm):  # noqa: F811
+    """The test Slurm's preemptible partition "pool" (set up by tests/slurm/setup-slurm.sh)."""
+    def has_pool() -> bool:
+        return "pool" in run(["sinfo", "-h", "-o", "%R"]).split()
+    if not has_pool():   # a Slurm started by an older setup-slurm.sh: restart it with "pool"
+        setup = Path(__file__).resolve().parents[1] / "slurm" / "setup-slurm.sh"
+        done = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=150)
+        if done.returncode != 0 or not has_pool():
+            pytest.skip(f"no preemptible partition 'pool': {done.stderr.strip()[-400:]}")
+    grace = re.search(r"GraceTime=(\d+)", run(["scontrol", "show", "partition", "pool"]))
+    return int(grace[1]) if grace else 0
+
+
+@pytest.mark.timeout(240)
+def test_a_batch_job_preempts_the_pool_and_no_task_is_lost_or_run_twice(
+        preemptible, world_factory, tmp_path: Path):
+    import sys
+
+    import cloudpickle
+
+    import colocate
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    grace = preemptible
+    world = world_factory(ranks=2, env={
+        "COLOCATE_POOL_MAX_JOBS": "1", "COLOCATE_POOL_INTERVAL": "0.5",
+        "COLOCATE_POOL_PARTITION": "pool", "COLOCATE_POOL_TIME": "10m",
+        "COLOCATE_POOL_GRACE": str(grace), "COLOCATE_POOL_IDLE_TIMEOUT": "600",
+        "COLOCATE_LOG": "info"})
+    name = f"colocate-pool-{json.loads(world.address.read_text())['token'][:8]}"
+    s = backend("slurm")
+    t = JobTemplate.from_config({**config.load(environ={})["pool"], "partition": "pool"},
+                                name=name)
+    trace = tmp_path / "runs"
+    batch = None
+    try:
+        with colocate.Executor(address=world.address) as ex:
+            futures = [ex.submit(_record, str(trace), i, 1.0) for i in range(24)]
+            wait_for(lambda: any(f.done() and f.info.rank >= 2 for f in futures), 120,
+                     "a task done by a worker of the pool's job")
+            [pool_job] = s.jobs(run(s.query(t)))
+            # A real job wants the whole node: Slurm preempts the pool job (SIGTERM, then
+            # GraceTime), its workers leave, and their tasks finish or go back.
+            batch = run(["sbatch", "--parsable", "--partition=debug", "--exclusive",
+                         f"--chdir={tmp_path}", "--wrap=sleep 2"]).strip().split(";")[0]
+            wait_for(lambda: "JobState=RUNNING" in run(["scontrol", "-o", "show", "job", batch])
+                     or "JobState=COMPLETED" in run(["scontrol", "-o", "show", "job", batch]),
+                     grace + 60, "the batch job to start")
+            results = [f.result(timeout=120) for f in futures]   # none failed or lost
+        info = run(["scontrol", "-o", "show", "job", batch])
+        submitted, started = (time.mktime(time.strptime(re.search(rf"{k}=(\S+)", info)[1],
+                                                        "%Y-%m-%dT%H:%M:%S"))
+                              for k in ("SubmitTime", "StartTime"))
+        assert started - submitted <= grace + 2 + 3, info   # + Slurm's own scheduling latency
+        preempted = run(["scontrol", "-o", "show", "job", pool_job.id])
+        assert "JobState=PREEMPTED" in preempted or "JobState=CANCELLED" in preempted, preempted
+    finally:
+        world.stop()
+        ids = [j.id for j in s.jobs(run(s.query(t)))]
+        if ids:
+            subprocess.run(s.cancel(ids), timeout=30)
+    runs = [int(x) for x in trace.read_text().split()]
+    assert sorted(runs) == list(range(24)), "every task ran exactly once"
+    assert len(results) == 24
+    assert "leaving" in world.log() or "is leaving" in world.log()
+    assert "worker lost" not in world.log()

@@ -32,7 +32,8 @@ def test_durations(text, seconds):
 
 
 @pytest.mark.parametrize(("value", "words"), [
-    (60, "found 60 (YAML reads an unquoted 1:00:00 as 3600: quote it, or write '60s' or '60m')"), ("1:70:00", "found '1:70:00'"),
+    (60, "found 60 (YAML reads an unquoted 1:00:00 as 3600: quote it, or write '60s' or '60m')"),
+    ("1:70:00", "found '1:70:00'"),
     ("soon", "found 'soon'"), ("0s", "longer than 0"),
 ])
 def test_bad_durations_name_the_key_and_the_forms(value, words):
