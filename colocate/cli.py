@@ -1,6 +1,6 @@
-"""The ``colocate`` command line: serve, stop, status, info, run, submit, report, results, demo.
+"""The ``colocate`` command line: serve, join, stop, status, info, run, submit, report, results.
 
-Exit codes: 0 success; 1 some tasks failed (``run``/``submit``) or the server could not be
+``colocate demo`` runs the built-in batch. Exit codes: 0 success; 1 some tasks failed (``run``/``submit``) or the server could not be
 reached; 2 invalid input (bad option, configuration or batch file), reported before anything
 runs; 3 tasks are left to do (drained or the world broke: ``colocate run --resume RUN_DIR``);
 130 stopped by a second Ctrl-C or SIGTERM.
@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop the world when process PID exits or closes its connection "
                    "(Executor() passes its own pid and start time for the local world it "
                    "starts); without it, the world runs until stopped")
+
+    j = _sub(sub, "join", "add this node's spare cores to a running world over TCP (from "
+             "another batch job, e.g. a pool's)")
+    j.add_argument("--address", default=os.environ.get("COLOCATE_ADDRESS"),
+                   help="the world's address file (or COLOCATE_ADDRESS)")
+    j.add_argument("--cores", metavar="LIST",
+                   help="cores to work on, e.g. 0-3 (default: co_location.spare_cores); one "
+                   "worker process per core")
+    j.add_argument("--config", help="configuration file (see colocate/defaults.yaml)")
 
     for name, text in (("stop", "stop a running server"), ("status", "show a server's state")):
         c = _sub(sub, name, text)
@@ -162,6 +171,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _join(args: argparse.Namespace) -> int:
+    import mpi4py
+    mpi4py.rc.initialize = False   # a joined worker is not an MPI process: never start MPI
+    mpi4py.rc.finalize = False
+    from . import config
+    from .colocation.cpulist import parse_cpulist
+    from .joined import join
+    if not args.address:
+        raise ConfigError("no world to join: expected --address FILE (the address file that "
+                          "`colocate serve` wrote) or COLOCATE_ADDRESS")
+    cfg = config.load(args.config)
+    cores = None if args.cores is None else parse_cpulist(args.cores, key="--cores")
+    return join(cfg, args.address, cores, args.config)
+
+
 def _serve(args: argparse.Namespace) -> int:
     # Before MPI starts: a stop (Slurm's warning signal, a Ctrl-C) that comes while the world
     # is being set up is kept and acted on once it is, rather than killing this rank in the
@@ -261,6 +285,9 @@ def render_status(st: dict) -> str:
                          f"go there directly (counted in done/failed within a heartbeat)")
     for rank, why in st["lost"].items():
         lines.append(f"lost rank {rank}: {why}")
+    for job in st.get("pool", ()):
+        lines.append(f"pool job {job['id']}: {job['state']} on {','.join(job['nodes']) or '-'}, "
+                     f"{job['cores']} core(s) joined, {job['tasks_done']} task(s) done")
     for node, budget in st["node_budget"].items():
         used = st["node_reserved"].get(node, 0)
         lines.append(f"memory for functions on {node}: {used / 2**30:.1f} of "
@@ -459,5 +486,6 @@ def _demo(args: argparse.Namespace) -> int:
     return code
 
 
-_COMMANDS = {"serve": _serve, "stop": _stop, "status": _status, "info": _info, "run": _run,
-             "submit": _submit, "report": _report, "results": _results, "demo": _demo}
+_COMMANDS = {"serve": _serve, "join": _join, "stop": _stop, "status": _status, "info": _info,
+             "run": _run, "submit": _submit, "report": _report, "results": _results,
+             "demo": _demo}

@@ -136,7 +136,7 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
 
 
 # Settings read from the environment as text, not YAML (a CPU list "1" is not the number 1).
-_TEXT = {("co_location", "spare_cores")}
+_TEXT = {("co_location", "spare_cores"), ("pool", "time"), ("pool", "time_min")}
 
 _FLEXIBLE = {("co_location", "spare_cores"), ("co_location", "memory_budget"),
              ("co_location", "host_pids"), ("tasks", "memory"), ("store", "pool")}

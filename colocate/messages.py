@@ -262,6 +262,23 @@ class Shutdown(NamedTuple):
     pass
 
 
+class Joined(NamedTuple):
+    """Rank 0 to a worker that joined over TCP (``colocate join``): the id it is known by."""
+
+    rank: int
+
+
+class Leaving(NamedTuple):
+    """A joined worker to rank 0: it has given back or finished all it had, and is leaving.
+
+    It paused itself first (``PauseCores``), so rank 0 has stopped sending it work. Rank 0
+    answers ``Shutdown``; since the link keeps order, any work rank 0 sent before that reaches
+    the worker first and comes back unstarted (``REQUEUE``), so nothing is lost or run twice.
+    """
+
+    reason: str = ""
+
+
 class DropObjects(NamedTuple):
     ids: list[int]
 

@@ -9,6 +9,11 @@ the address file. Stored objects' data never comes here: clients send it to the 
 (:mod:`colocate.datalink`). Leased clients' lone tasks never come here either
 (:mod:`colocate.lease`).
 
+Workers that join later over TCP (``colocate join``, :mod:`colocate.joined`) send and get the
+same messages on a stream of their own instead of MPI and a bell, and are known by ids from the
+world's size up. They may say ``Leaving`` (answered with ``Shutdown``); a joined worker whose
+stream closes is lost like a worker rank whose bell closes, and the world goes on.
+
 All decisions are the :class:`~colocate.scheduler.Scheduler`'s; this module only moves messages.
 It sleeps in ``select`` on every bell when idle, so an idle server costs almost no CPU, and wakes
 the peers it sends to by ringing their bells.
@@ -20,6 +25,7 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,9 +48,11 @@ from .messages import (
     EndLease,
     FreeRefs,
     Heartbeat,
+    Joined,
     KillRunning,
     Lease,
     LeaseEnded,
+    Leaving,
     PauseCores,
     PutReply,
     PutRequest,
@@ -118,6 +126,12 @@ class Server:
         self.expect_clients = expect_clients
         self.clients_seen = 0
         self.owner = owner
+        self.joined: dict[int, Stream] = {}          # joined worker id -> its stream
+        self.joined_ids: dict[Stream, int] = {}
+        self.next_joined = comm.Get_size()
+        self.leaving: set[int] = set()                # joined workers that said Leaving
+        self.worker_job: dict[int, str] = {}          # joined worker -> its batch job's id
+        self.pool = _Pool(cfg, address) if cfg["pool"]["max_jobs"] > 0 else None
 
     def await_workers(self, count: int, timeout: float) -> None:
         """Wait until ``count`` workers have introduced themselves (before the address is out).
@@ -179,6 +193,8 @@ class Server:
                 if now - last_tick > self.heartbeat:
                     last_tick = now
                     self._apply(S.Tick(now))
+                    if self.pool is not None:
+                        self.pool.see(self.sched, self.worker_job, now)
                     if self.owner is not None and self.owner.fd is None and self.owner.gone():
                         self._owner_gone()
                 self._wait(self.backoff.delay(now))
@@ -186,7 +202,7 @@ class Server:
             self._shutdown()
 
     def _wait(self, delay: float) -> None:
-        streams = [c.stream for c in self.clients.values()]
+        streams = [c.stream for c in self.clients.values()] + list(self.joined.values())
         readers = [self.listener, *self.worker_bells.values(), *streams]
         if self.owner is not None and self.owner.fd is not None:
             readers.append(self.owner)
@@ -203,7 +219,10 @@ class Server:
             if fd is self.listener:
                 self._new_connection()
             elif isinstance(fd, Stream):
-                self._client_input(fd)
+                if fd in self.joined_ids:
+                    self._joined_input(fd)
+                else:
+                    self._client_input(fd)
             elif fd is self.owner:
                 self._owner_gone()
             elif not fd.drain():
@@ -217,33 +236,68 @@ class Server:
             return False
         now = time.monotonic()
         while got is not None:
-            rank, msg = got
-            self.worker_contact[rank] = now
-            kind = type(msg)
-            if kind is Done:
-                self._apply(S.WorkerDone(rank, msg.outcomes, now))
-            elif kind is Heartbeat:
-                self._apply(S.HeardFrom(rank, now, msg.done, msg.failed))
-            elif kind is LeaseEnded:
-                self._apply(S.LeaseEnded(rank, msg.lease, msg.done, msg.failed))
-            elif kind is DirectDone:
-                self._apply(S.DirectDone(rank, msg.client, msg.result, msg.kept))
-            elif kind is PauseCores:
+            self._from_worker(got[0], got[1], now)
+            got = self.box.poll()
+        return True
+
+    def _from_worker(self, rank: int, msg: Any, now: float) -> None:
+        """One message from a worker rank (MPI) or a joined worker (its stream)."""
+        self.worker_contact[rank] = now
+        kind = type(msg)
+        if kind is Done:
+            self._apply(S.WorkerDone(rank, msg.outcomes, now))
+        elif kind is Heartbeat:
+            self._apply(S.HeardFrom(rank, now, msg.done, msg.failed))
+        elif kind is LeaseEnded:
+            self._apply(S.LeaseEnded(rank, msg.lease, msg.done, msg.failed))
+        elif kind is DirectDone:
+            self._apply(S.DirectDone(rank, msg.client, msg.result, msg.kept))
+        elif kind is PauseCores:
+            if rank in self.joined and msg.paused and rank not in self.leaving:
+                log.info("joined worker %d paused (leaving or the host wants its core)", rank)
+            else:
                 log.info("worker rank %d %s by the guard", rank,
                          "paused (the host wants its core)" if msg.paused
                          else "resumed (the host left its core)")
-                self._apply(S.WorkerPaused(rank, msg.paused))
-            elif kind is WorkerHello:
-                log.info("worker rank %d on %s: %s", rank, msg.node, describe_sandbox(
-                    msg.detail.get("sandbox"), msg.detail.get("cgroup"), msg.detail.get("guard")))
-                self.stores[rank] = msg.store
-                if msg.tasks is not None:
-                    self.task_ports[rank] = tuple(msg.tasks)
-                self._apply(S.WorkerJoined(rank, msg.node, msg.cores, msg.memory_budget, now,
-                                           msg.gpus, msg.store.machine if msg.store else "",
-                                           msg.tasks is not None))
-            got = self.box.poll()
-        return True
+            self._apply(S.WorkerPaused(rank, msg.paused))
+        elif kind is WorkerHello:
+            log.info("%s %d on %s: %s", "joined worker" if rank in self.joined else "worker rank",
+                     rank, msg.node, describe_sandbox(msg.detail.get("sandbox"),
+                                                      msg.detail.get("cgroup"),
+                                                      msg.detail.get("guard")))
+            self.stores[rank] = msg.store
+            if rank in self.joined and msg.detail.get("job"):
+                self.worker_job[rank] = str(msg.detail["job"])
+            if msg.tasks is not None:
+                self.task_ports[rank] = tuple(msg.tasks)
+            self._apply(S.WorkerJoined(rank, msg.node, msg.cores, msg.memory_budget, now,
+                                       msg.gpus, msg.store.machine if msg.store else "",
+                                       msg.tasks is not None))
+        elif kind is Leaving and rank in self.joined:
+            log.info("joined worker %d is leaving: %s", rank, msg.reason)
+            self.leaving.add(rank)
+            self._to_worker(rank, Shutdown())
+        else:
+            log.error("worker %d sent an unexpected %s; ignored", rank, kind.__name__)
+
+    def _joined_input(self, stream: Stream) -> None:
+        rank = self.joined_ids[stream]
+        self.backoff.active()
+        now = time.monotonic()
+        for msg in stream.receive():
+            self._from_worker(rank, msg, now)
+        if stream.closed and rank in self.joined:
+            node = self.sched.workers[rank].node if rank in self.sched.workers else "?"
+            why = ("left" if rank in self.leaving else
+                   "exited (its connection closed)")
+            self._forget_joined(rank)
+            self._apply(S.WorkerLost(rank, f"joined worker {rank} on {node} {why}"))
+
+    def _forget_joined(self, rank: int) -> None:
+        stream = self.joined.pop(rank, None)
+        if stream is not None:
+            self.joined_ids.pop(stream, None)
+            stream.close()
 
     def _client_input(self, stream: Stream) -> None:
         client = next((c for c in self.clients.values() if c.stream is stream), None)
@@ -299,10 +353,15 @@ class Server:
             elif kind is S.ReturnAhead:
                 self._to_worker(ins.rank, TakeBack())
             elif kind is S.ForgetWorker:
-                log.error("worker lost: %s", ins.reason)
+                if ins.rank in self.leaving:
+                    self.leaving.discard(ins.rank)
+                    log.info("%s", ins.reason)
+                else:
+                    log.error("worker lost: %s", ins.reason)
                 bell = self.worker_bells.pop(ins.rank, None)
                 if bell is not None:
                     bell.close()
+                self._forget_joined(ins.rank)
             elif kind is S.PutGranted:
                 client = self.clients.get(ins.client)
                 if client is not None:
@@ -328,6 +387,10 @@ class Server:
                 self.exiting = True
 
     def _to_worker(self, rank: int, msg: Any) -> None:
+        stream = self.joined.get(rank)
+        if stream is not None:   # a joined worker: its stream wakes it, no bell to ring
+            stream.send(msg)
+            return
         self.box.send(msg, rank)
         now = time.monotonic()
         if now - self.worker_contact.get(rank, 0.0) > self.backoff.hot:
@@ -348,6 +411,9 @@ class Server:
         if sock is None:
             log.warning("%s", hello)
             return
+        if hello.get("role") == "join":
+            self._accept_join(sock, hello)
+            return
         if hello.get("role") != "client":
             log.warning("refused a %r connection after start-up", hello.get("role"))
             sock.close()
@@ -366,6 +432,24 @@ class Server:
         limit = self.max_inflight or max(256, 64 * max(1, self.sched.slots))
         client.stream.send(Welcome(client.id, self.sched.slots, limit))
         log.info("client %d connected (%s)", client.id, who)
+
+    def _accept_join(self, sock: Any, hello: dict) -> None:
+        """A worker joins over TCP (``colocate join``): give it an id; its hello follows."""
+        who = f"pid {hello.get('pid')} on {hello.get('host')}"
+        stream = Stream(sock)
+        if self.drain_deadline is not None or self.stop_now:
+            stream.send(Bye("the world is draining: it takes no new workers"))
+            _flush_blocking(stream, timeout=2.0)
+            stream.close()
+            log.info("refused a joining worker (%s): the server is draining", who)
+            return
+        rank = self.next_joined
+        self.next_joined += 1
+        self.joined[rank] = stream
+        self.joined_ids[stream] = rank
+        self.worker_contact[rank] = time.monotonic()
+        stream.send(Joined(rank))
+        log.info("worker %d joined over TCP (%s)", rank, who)
 
     def _bell_closed(self, bell: Bell) -> None:
         for rank, b in list(self.worker_bells.items()):
@@ -395,6 +479,8 @@ class Server:
         self.stop_now = True
 
     def _shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
         for client in list(self.clients.values()):
             try:
                 self._to_client(client, Bye("the server is stopping"))
@@ -403,6 +489,10 @@ class Server:
                 self._drop_client(client, "closed: the server is stopping")
         for rank in list(self.worker_bells):
             self._to_worker(rank, Shutdown())
+        for rank, stream in list(self.joined.items()):
+            stream.send(Shutdown())
+            _flush_blocking(stream, timeout=2.0)
+            self._forget_joined(rank)
         self.box.flush(timeout=5.0)
 
     # ----- reporting -----------------------------------------------------------------------------
@@ -411,7 +501,80 @@ class Server:
         snap = self.sched.snapshot()
         snap.update({"uptime": time.time() - self.started, "clients_connected": len(self.clients),
                      "address": self.address.path})
+        if self.pool is not None:
+            snap["pool"] = self.pool.status()
         return snap
+
+
+class _Pool:
+    """Rank 0's pool of joined workers (:mod:`colocate.pool`), run in a thread of its own.
+
+    The batch system's commands take tens of milliseconds to seconds; rank 0's loop must not
+    wait for them. The loop hands over what the policy needs (:meth:`see`, once a heartbeat);
+    the thread decides and acts every ``pool.interval`` seconds. :meth:`stop` cancels every job
+    of the pool when the world stops.
+    """
+
+    def __init__(self, cfg: dict, address: Address) -> None:
+        import sys
+
+        from .pool.manager import PoolManager
+        here = os.path.dirname(address.path) or "."
+        command = [sys.executable, "-m", "colocate", "join", "--address", address.path]
+        self.manager = PoolManager(cfg["pool"], f"colocate-pool-{address.token[:8]}", command,
+                                   output=os.path.join(here, "colocate-pool-%j.out"))
+        self.interval = float(cfg["pool"]["interval"])
+        self.view: tuple | None = None
+        self.rows: list[dict] = []
+        self.idle_since: dict[int, float] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="colocate-pool", daemon=True)
+        self.thread.start()
+
+    def see(self, sched: S.Scheduler, worker_job: dict[int, str], now: float) -> None:
+        """Record, from rank 0's loop, the queue, the free cores and the pool's workers."""
+        from .pool.manager import Joined
+        free = 0
+        jobs: dict[str, list] = {}
+        for rank, w in sched.workers.items():
+            idle = not w.assigned and not w.lease
+            if idle and not w.paused:
+                free += len(w.cores)
+            if idle:
+                self.idle_since.setdefault(rank, now)
+            else:
+                self.idle_since.pop(rank, None)
+            job = worker_job.get(rank)
+            if job is not None:
+                jobs.setdefault(job, []).append((len(w.cores), self.idle_since.get(rank), w.done))
+        joined = {job: Joined(sum(c for c, _, _ in ws),
+                              None if any(i is None for _, i, _ in ws) else max(
+                                  i for _, i, _ in ws),
+                              sum(d for _, _, d in ws)) for job, ws in jobs.items()}
+        self.view = (sched.queued(), free, joined)
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.interval):
+            view = self.view
+            if view is None:
+                continue
+            try:
+                self.manager.tick(*view)
+                self.rows = self.manager.status(view[2])
+            except Exception:   # the pool must never take rank 0 down
+                log.exception("pool: a decision failed; trying again in %g s", self.interval)
+
+    def status(self) -> list[dict]:
+        """The pool's jobs as last listed, for ``colocate status``."""
+        return list(self.rows)
+
+    def stop(self) -> None:
+        """Stop deciding and cancel every job of the pool."""
+        self.done.set()
+        self.thread.join(timeout=60)
+        cancelled = self.manager.stop()
+        if cancelled:
+            log.info("pool: cancelled job(s) %s: the world is stopping", ", ".join(cancelled))
 
 
 

@@ -46,6 +46,7 @@ from .messages import (
     EndLease,
     Heartbeat,
     KillRunning,
+    Leaving,
     Outcome,
     PauseCores,
     Shutdown,
@@ -72,17 +73,21 @@ class Worker:
     """State and loop of one worker rank.
 
     Args:
-        comm: the world communicator (rank 0 is the scheduler).
+        comm: the world communicator (rank 0 is the scheduler); ``None`` for a joined worker.
         bell: this rank's bell to rank 0.
         place: ``{"node", "cores", "memory_budget", "detail", "token", "store_host"}`` from the
             world set-up.
         cfg: the effective configuration.
+        rank: the id rank 0 knows this worker by (default: its rank in ``comm``).
+        box: the link for messages to and from rank 0 (default: an MPI mailbox on ``comm``;
+            a joined worker's :class:`~colocate.joined.StreamLink` is its box and bell at once).
     """
 
-    def __init__(self, comm: Any, bell: Bell, place: dict, cfg: dict) -> None:
+    def __init__(self, comm: Any, bell: Bell, place: dict, cfg: dict, *, rank: int | None = None,
+                 box: Any = None) -> None:
         self.comm = comm
-        self.rank = comm.Get_rank()
-        self.box = mpi.Mailbox(comm)
+        self.rank = comm.Get_rank() if rank is None else rank
+        self.box = mpi.Mailbox(comm) if box is None else box
         self.bell = bell
         self.place = place
         self.cfg = cfg
@@ -101,6 +106,12 @@ class Worker:
         self.widened: int | None = None   # gid of the multi-core task holding lent cores
         self.store: StoreServer | None = None
         self.desk: LeaseDesk | None = None
+        # Leaving (a joined worker on SIGTERM, colocate.joined): asked with the grace and why,
+        # then under way until ``leave_by``; ``said_leaving`` once ``Leaving`` went to rank 0.
+        self.leave_asked: tuple[float, str] | None = None
+        self.leave_by: float | None = None
+        self.said_leaving = False
+        self.left_cleanly = False
 
     # ----- set-up --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -158,8 +169,41 @@ class Worker:
                 self.desk.close()
             self.box.flush(timeout=2.0)
 
+    def leave(self, grace: float, why: str) -> None:
+        """Leave the world without losing a task (safe to call from a signal handler).
+
+        See :mod:`colocate.joined`: pause, give back what was sent ahead, let the running task
+        finish within ``grace`` seconds, then say ``Leaving`` and exit on rank 0's answer.
+        """
+        if self.leave_asked is None:
+            self.leave_asked = (grace, why)
+
+    def _leaving(self) -> None:
+        """One step of leaving: start it, say so once nothing is left, or give up at the end."""
+        now = time.monotonic()
+        if self.leave_by is None:
+            grace, why = self.leave_asked
+            self.leave_by = now + grace
+            self._send(PauseCores(True))   # nothing new is placed here from now on
+            back = self.child.take_back() if self.child is not None else 0
+            running = int(self.child is not None and self.child.busy)
+            log.info("worker %d leaving (%s): %d task(s) sent ahead go back, %d running "
+                     "task(s) have %g s to finish", self.rank, why, back, running, grace)
+        busy = (self.child is not None and self.child.busy) or self.unsent or self.desk.conns
+        if not busy and not self.said_leaving:
+            self._report([], flush=True)
+            self._send(Leaving("every task finished or given back"))
+            self.said_leaving = True
+        if now >= self.leave_by and self.running:
+            log.warning("worker %d: the %g s grace is over; leaving with its running task cut "
+                        "off (rank 0 retries it per tasks.retries)", self.rank,
+                        self.leave_asked[0])
+            self.running = False
+
     def _step(self) -> None:
         self._catch_up()
+        if self.leave_asked is not None and self.running:
+            self._leaving()
         if not self.running:
             return
         desk = self.desk
@@ -254,6 +298,10 @@ class Worker:
         self.backoff.active()
         kind = type(msg)
         if kind is Dispatch:
+            if self.leave_by is not None:   # sent before rank 0 saw us pause: give it back
+                self._report([Outcome(w.gid, Status.REQUEUE, b"", 0.0, 0.0) for w in msg.work],
+                             flush=True)
+                return
             self._run(msg.work)
         elif kind is StartLease:
             self.desk.start(msg)
@@ -270,6 +318,7 @@ class Worker:
         elif kind is DropObjects:
             self.store.drop(msg.ids)
         elif kind is Shutdown:
+            self.left_cleanly = self.said_leaving
             self.running = False
         else:
             log.error("rank %d: unexpected message %r", self.rank, kind.__name__)
@@ -324,6 +373,8 @@ class Worker:
     def _paused(self, paused: bool) -> None:
         """The guard paused or resumed the executor: stop the clock of its task, tell rank 0."""
         now = time.monotonic()
+        if not paused and self.leave_by is not None:
+            return   # leaving: the cores stay paused at rank 0
         if paused:
             self.paused_at = now
         elif self.paused_at is not None:

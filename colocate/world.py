@@ -27,15 +27,19 @@ log = logging.getLogger("colocate")
 WORKER_RING_TIMEOUT = 120.0   # seconds rank 0 waits for every worker to ring in
 
 
-def setup_logging(level: str, rank: int) -> None:
-    """Log to stderr, each line headed by the rank (``COLOCATE_LOG`` overrides the level)."""
+def setup_logging(level: str, rank: int | str) -> None:
+    """Log to stderr, each line headed by the rank (``COLOCATE_LOG`` overrides the level).
+
+    ``rank`` is a rank of the world, or a word for a process outside it (``"join"``).
+    """
     level = os.environ.get("COLOCATE_LOG", level).upper()
     root = logging.getLogger("colocate")
     if root.handlers:
         return
+    who = f"rank {rank}" if isinstance(rank, int) else rank
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(
-        f"%(asctime)s colocate[rank {rank}] %(levelname)s %(message)s", "%H:%M:%S"))
+        f"%(asctime)s colocate[{who}] %(levelname)s %(message)s", "%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(level if level in logging._nameToLevel else "INFO")
 

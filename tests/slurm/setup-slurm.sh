@@ -14,11 +14,15 @@
 #   COLOCATE_SLURM_STATE    state, spool and log directory (default /var/tmp/colocate-slurm)
 #   COLOCATE_SLURM_TASK     TaskPlugin to try first (default task/affinity; falls back to task/none)
 #   COLOCATE_SLURM_WAIT     seconds to wait for the node to become idle (default 30)
+#
+# Partitions: "debug" (the default) and "pool", preemptible by "debug" (PreemptMode=CANCEL,
+# GraceTime=10): for the pool tests.
 set -euo pipefail
 
 STATE=${COLOCATE_SLURM_STATE:-/var/tmp/colocate-slurm}
 TASK_PLUGIN=${COLOCATE_SLURM_TASK:-task/affinity}
 WAIT=${COLOCATE_SLURM_WAIT:-30}
+POOL_GRACE=10   # GraceTime of the preemptible partition "pool", seconds
 CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
 PACKAGES=(slurmd slurmctld slurm-client munge stress-ng)
@@ -42,9 +46,10 @@ wait_idle() {  # wait_idle SECONDS -> 0 when the node is idle (or allocated/mixe
 
 [[ $(id -u) == 0 ]] || cannot "needs root (to install packages and run slurmd), running as $(id -un)"
 
-# Already running (a previous run of this script, or a Slurm the machine had)? Then done.
-if command -v sinfo >/dev/null && [[ -f $CONF ]] && pgrep -x slurmctld >/dev/null \
-        && pgrep -x slurmd >/dev/null && wait_idle 5; then
+# Already running (a previous run of this script, or a Slurm the machine had) with the
+# preemptible partition? Then done.
+if command -v sinfo >/dev/null && [[ -f $CONF ]] && grep -q '^PartitionName=pool ' "$CONF" \
+        && pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null && wait_idle 5; then
     say "slurm ready: already running, node $(sinfo -h -N -o '%N %T %c' | head -n1)"
     exit 0
 fi
@@ -138,7 +143,12 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 $NODE_LINE State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+# "pool" is preemptible (colocate's pool jobs, tests/integration/test_pool_slurm.py): a job of
+# "debug" that needs its CPUs cancels its jobs after SIGTERM and GraceTime seconds.
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=10
+PartitionName=pool Nodes=$NODE MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 PreemptMode=CANCEL GraceTime=$POOL_GRACE
 EOF
     # Some Debian builds read cgroup.conf even with proctrack/linuxproc; keep it harmless.
     [[ -f $CONF_DIR/cgroup.conf ]] || echo "CgroupPlugin=autodetect" > "$CONF_DIR/cgroup.conf"
