@@ -1,9 +1,9 @@
 """The ``colocate`` command line: serve, join, stop, status, info, run, submit, report, results.
 
-``colocate demo`` runs the built-in batch. Exit codes: 0 success; 1 some tasks failed (``run``/``submit``) or the server could not be
-reached; 2 invalid input (bad option, configuration or batch file), reported before anything
-runs; 3 tasks are left to do (drained or the world broke: ``colocate run --resume RUN_DIR``);
-130 stopped by a second Ctrl-C or SIGTERM.
+``colocate demo`` runs the built-in batch. Exit codes: 0 success; 1 some tasks failed
+(``run``/``submit``) or the server could not be reached; 2 invalid input (bad option,
+configuration or batch file), reported before anything runs; 3 tasks are left to do (drained or
+the world broke: ``colocate run --resume RUN_DIR``); 130 stopped by a second Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
