@@ -23,6 +23,7 @@ import json
 import mmap
 import os
 import pickle
+import signal
 import struct
 import sys
 import time
@@ -106,6 +107,10 @@ def _keep_function(item: tuple, cache: dict) -> None:
             pass
 
 
+def _not_ours(signum: int, frame: object) -> None:
+    """SIGTERM and SIGINT are the worker's to act on; the executor carries on."""
+
+
 def main() -> None:
     """Entry point: ``python -m colocate._child IN_FD OUT_FD SETTINGS_JSON [SKIP_FD]``.
 
@@ -113,6 +118,12 @@ def main() -> None:
     (:meth:`colocate.executor.ExecutorProcess.take_back`): tasks of the batches numbered at or
     below it are returned unstarted, as ``REQUEUE`` outcomes.
     """
+    # The worker decides when this process ends (it kills it on a timeout, a cut-off or its own
+    # exit). A batch system signals every process of a job step at preemption or cancellation,
+    # this one too: the task keeps running while its worker gives back and leaves. A handler,
+    # not SIG_IGN, so that programs the task starts get the default dispositions again.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _not_ours)
     in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])
     settings = json.loads(sys.argv[3])
     skip = mmap.mmap(int(sys.argv[4]), 8) if len(sys.argv) > 4 else None
