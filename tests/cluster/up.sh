@@ -21,9 +21,10 @@
 # (SlurmctldPort 6917, SlurmdPort 6918), cluster name, state, spool, pid and log files, so both
 # can run at once; neither script stops the other's daemons. munged is shared and left running.
 #
-# Exit status: 0 up (node names on stdout, one per line), 1 cannot (one line on stderr starting
-# with "cluster: cannot", saying why: not root, no namespaces, packages missing, a daemon that
-# did not start).
+# Exit status: 0 up (node names on stdout, one per line); 1 cannot (one line on stderr starting
+# with "cluster: cannot", saying why: not root, no namespaces, packages missing, munged would not
+# start); 2 failed (on stderr "cluster: failed ...": set up, but the Slurm daemons did not get
+# idle; see the logs it names).
 #
 # Environment:
 #   COLOCATE_CLUSTER_STATE  state directory (default /var/tmp/colocate-cluster)
@@ -183,7 +184,7 @@ if ! why=$(start_daemons); then
     stop_daemons
     write_conf task/none
     TASK_PLUGIN=task/none
-    why=$(start_daemons) || cannot "nodes not idle after ${WAIT}s ($why; states: \
+    why=$(start_daemons) || broken "nodes not idle after ${WAIT}s ($why; states: \
 $(SLURM_CONF=$CONF sinfo -h -N -o '%N=%T' 2>&1 | tr '\n' ' ')); see $STATE/log"
 fi
 # The TaskPlugin must bind: a step asked for CPU 0 only must see CPU 0 only.
@@ -193,7 +194,7 @@ if [[ $TASK_PLUGIN != task/none ]]; then
     if [[ $got != "[0]" ]]; then
         stop_daemons
         write_conf task/none
-        why=$(start_daemons) || cannot "nodes not idle with task/none ($why); see $STATE/log"
+        why=$(start_daemons) || broken "nodes not idle with task/none ($why); see $STATE/log"
     fi
 fi
 echo "$N" > "$STATE/nodes"
