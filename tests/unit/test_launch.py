@@ -278,7 +278,8 @@ def test_plan_settings_override_the_job():
 
 @pytest.mark.parametrize("alloc, s, needle", [
     (_alloc(tasks_per_node=None), LL.Settings(), "how many cores does the host job use"),
-    (_alloc(tasks_per_node=8), LL.Settings(), "8 CPUs on this node.*so no CPU is left.*--exclusive"),
+    (_alloc(tasks_per_node=8), LL.Settings(),
+     "8 CPUs on this node.*so no CPU is left.*--exclusive"),
     (_alloc(tasks_per_node=9), LL.Settings(), "uses 9 CPUs.*so no CPU is left"),
     (_alloc(), LL.Settings(host_cores="0-9"), "names CPUs 8-9 outside the allocation"),
     (_alloc(), LL.Settings(host_cores="0-3", spare_cores="3"), "expected disjoint"),
