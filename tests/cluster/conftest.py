@@ -76,6 +76,10 @@ class Cluster:
                                            *filter(None, [os.environ.get("PYTHONPATH")])]),
             "COLOCATE_PYTHON": sys.executable,
             "COLOCATE_GUARD_ENABLED": "false", "COLOCATE_LOG": "warning",
+            # UCX sees one machine (one boot id) and would carry MPI between the virtual nodes
+            # in shared memory (sysv, cma); over TCP it crosses their network, as between real
+            # nodes (a cut link then stops it). MPICH's own shared memory within a node stays.
+            "UCX_TLS": "self,tcp",
         })
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         self.env = env
@@ -238,10 +242,10 @@ class SrunWorld:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self, timeout: float = 60) -> int | None:
-        """``colocate stop``, then scancel the job; returns srun's exit code."""
+    def stop(self, timeout: float = 60, ask: bool = True) -> int | None:
+        """``colocate stop`` (with ``ask``), then scancel the job; returns srun's exit code."""
         try:
-            if self.proc.poll() is None and self.address.exists():
+            if ask and self.proc.poll() is None and self.address.exists():
                 try:
                     subprocess.run([sys.executable, "-m", "colocate", "stop", "--address",
                                     str(self.address)], env=self.env, capture_output=True,
