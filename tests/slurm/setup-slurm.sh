@@ -15,6 +15,8 @@
 #   COLOCATE_SLURM_TASK     TaskPlugin to try first (default task/affinity; falls back to task/none)
 #   COLOCATE_SLURM_WAIT     seconds to wait for the node to become idle (default 30)
 set -euo pipefail
+# This Slurm is the default one (/etc/slurm/slurm.conf): never the virtual cluster's SLURM_CONF.
+unset SLURM_CONF
 
 STATE=${COLOCATE_SLURM_STATE:-/var/tmp/colocate-slurm}
 TASK_PLUGIN=${COLOCATE_SLURM_TASK:-task/affinity}
@@ -27,6 +29,10 @@ say() { echo "setup-slurm: $*"; }
 cannot() { echo "setup-slurm: cannot start Slurm: $*" >&2; exit 1; }
 
 node_state() { sinfo -h -N -o '%T' 2>/dev/null | head -n1; }
+
+# Whether this Slurm's daemon NAME (slurmd, slurmctld) runs, by its pid file: the virtual cluster
+# of tests/cluster/up.sh runs daemons of the same names beside it, which are not ours.
+running() { local pid; pid=$(cat "$STATE/$1.pid" 2>/dev/null) && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; }
 
 wait_idle() {  # wait_idle SECONDS -> 0 when the node is idle (or allocated/mixed: it's up)
     local deadline=$((SECONDS + $1)) state
@@ -43,8 +49,8 @@ wait_idle() {  # wait_idle SECONDS -> 0 when the node is idle (or allocated/mixe
 [[ $(id -u) == 0 ]] || cannot "needs root (to install packages and run slurmd), running as $(id -un)"
 
 # Already running (a previous run of this script, or a Slurm the machine had)? Then done.
-if command -v sinfo >/dev/null && [[ -f $CONF ]] && pgrep -x slurmctld >/dev/null \
-        && pgrep -x slurmd >/dev/null && wait_idle 5; then
+if command -v sinfo >/dev/null && [[ -f $CONF ]] && running slurmctld && running slurmd \
+        && wait_idle 5; then
     say "slurm ready: already running, node $(sinfo -h -N -o '%N %T %c' | head -n1)"
     exit 0
 fi
@@ -151,7 +157,7 @@ stop_daemons() {
         [[ -n $pid ]] && kill "$pid" 2>/dev/null || true
     done
     for _ in $(seq 50); do
-        pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || return 0
+        running slurmd || running slurmctld || return 0
         sleep 0.1
     done
 }
