@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -41,11 +40,6 @@ _MPI_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPICH_", "I_MPI_"
 # up.sh exits 1 with "cluster: cannot ..." for what this machine does not allow or lacks (skip),
 # and 2 when it could set up but the nodes never got idle (a failure).
 CANNOT = 1
-
-
-def addr_of(node: str) -> str:
-    """``vnode2`` -> ``10.77.0.12`` (tests/cluster/common.sh)."""
-    return f"10.77.0.{10 + int(node.removeprefix('vnode'))}"
 
 
 def bounded_wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -107,10 +101,6 @@ class Cluster:
             assert r.returncode == 0, (f"{' '.join(cmd)} on {node} exited {r.returncode}:\n"
                                        f"{r.stdout}\n{r.stderr}")
         return r
-
-    def python_on(self, node: str, code: str, **kw) -> subprocess.CompletedProcess:
-        """Run Python ``code`` on ``node``."""
-        return self.on(node, [sys.executable, "-c", code], **kw)
 
     def slurm(self, *cmd: str, timeout: float = 30, check: bool = True
               ) -> subprocess.CompletedProcess:
@@ -293,6 +283,3 @@ def srun_world(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory):
         w.stop()
     bounded_wait(cluster.idle, 60, "every node of the cluster idle again")
 
-
-def have(exe: str) -> bool:
-    return shutil.which(exe) is not None
