@@ -124,3 +124,15 @@ def test_warning_signal_drains_across_nodes(cluster, tmp_path, wait_until):
     assert len({r["worker"]["node"] for r in cut}) >= 2, cut
     assert "batch exit 3" in out and hosts_on_host_core(out) == NODES, out   # host unharmed
     assert "host exit 0" in out, out
+
+
+def test_one_cpu_job_is_told_what_to_add(cluster, tmp_path):
+    """`sbatch -N 1 --ntasks-per-node=1` without --exclusive: Slurm gives the job one CPU."""
+    jobid = cluster.sbatch(["-N1", "--ntasks-per-node=1", "-t", "1", "-o", "out.txt",
+                            str(SBATCH), str(DATA / "where.yaml"), "--", "true"], tmp_path)
+    info = cluster.wait_job(jobid, 60)
+    out = (tmp_path / "out.txt").read_text()
+    assert info["ExitCode"] == "2:0", out
+    assert "the allocation has 1 CPU on this node (" in out, out
+    assert ("and the host job uses it (--ntasks-per-node=1 x --cpus-per-task=1), so no CPU is "
+            "left for colocate. Add --exclusive to the sbatch options") in out, out
