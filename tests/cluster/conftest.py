@@ -239,16 +239,20 @@ class SrunWorld:
             return None
 
     def stop(self, timeout: float = 60, ask: bool = True) -> int | None:
-        """``colocate stop`` (with ``ask``), then scancel the job; returns srun's exit code."""
+        """``colocate stop`` on rank 0's node (with ``ask``), then scancel the job.
+
+        Returns srun's exit code.
+        """
         try:
             if ask and self.proc.poll() is None and self.address.exists():
                 try:
-                    subprocess.run([sys.executable, "-m", "colocate", "stop", "--address",
-                                    str(self.address)], env=self.env, capture_output=True,
-                                   timeout=timeout)
+                    stop = self.cluster.on(self.layout[0], [
+                        sys.executable, "-m", "colocate", "stop", "--address",
+                        str(self.address)], env=self.env, timeout=timeout, check=False)
+                    if stop.returncode == 0:
+                        self.wait_exit(timeout)
                 except subprocess.TimeoutExpired:
                     pass
-                self.wait_exit(timeout)
             if self.proc.poll() is None:
                 jobid = self.jobid()
                 if jobid:

@@ -174,3 +174,4 @@ def test_wrong_token_from_another_node_is_refused(cluster, world):
     # The world is unharmed.
     with colocate.Executor(address=world.address) as ex:
         assert len(ex.status()["workers"]) == 3
+
