@@ -139,7 +139,7 @@ class Connection(StoreClient):
             raise ServerUnavailable(
                 f"no server answers at {address.host}:{address.bell_port} (address file "
                 f"{address.path}, written by pid {address.pid} on {address.server_host}): "
-                f"{e}. The server may have stopped; start it again or fix the path.") from None
+                f"{e}. {addr.unreachable_hint(address, socket.gethostname())}") from None
         self.stream = Stream(sock)
         welcome = self._await(Welcome, timeout=60.0)
         self.client_id = welcome.client_id

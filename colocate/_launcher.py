@@ -143,7 +143,9 @@ def gather(system: str, environ: Mapping[str, str]) -> Allocation:
         if not jobid:
             raise ValueError("not inside a Slurm job (no SLURM_JOB_ID): submit the script with "
                              "sbatch, or attach to a job with launchers/slurm/colocate-attach.sh")
-        nodes = _int_env(environ, "SLURM_JOB_NUM_NODES") or _int_env(environ, "SLURM_NNODES") or 1
+        # COLOCATE_NODES: the job's node count, passed by `attach` (a step sees only its own).
+        nodes = (_int_env(environ, "COLOCATE_NODES") or _int_env(environ, "SLURM_JOB_NUM_NODES")
+                 or _int_env(environ, "SLURM_NNODES") or 1)
         return Allocation(system, nodes, allowed, siblings=siblings, jobid=jobid,
                           tasks_per_node=_int_env(environ, "SLURM_NTASKS_PER_NODE"),
                           cpus_per_task=_int_env(environ, "SLURM_CPUS_PER_TASK") or 1)
@@ -238,6 +240,8 @@ def choose_split(alloc: Allocation, s: Settings, has_host: bool) -> L.CoreSplit:
         raise ValueError(
             f"how many cores does the host job use per node? Set COLOCATE_HOST_NCORES=N (or "
             f"COLOCATE_HOST_CORES=LIST), or submit with --ntasks-per-node; {where}")
+    if isinstance(count, int) and not isinstance(count, bool) and count >= len(allowed) >= 1:
+        raise ValueError(no_spare_cpu_message(alloc, s, count))
     try:
         split = L.split_cores(allowed, count, siblings=alloc.siblings)
     except ValueError as e:
@@ -250,6 +254,31 @@ def choose_split(alloc: Allocation, s: Settings, has_host: bool) -> L.CoreSplit:
                              f"allocation not used by the host ({L.format_cpu_list(split.host)})")
         split = L.CoreSplit(split.host, spare)
     return split
+
+
+def _cpus(n: int) -> str:
+    return f"{n} CPU" if n == 1 else f"{n} CPUs"
+
+
+def no_spare_cpu_message(alloc: Allocation, s: Settings, count: int) -> str:
+    """Say in words that the host takes every CPU of the node, and what to submit instead."""
+    have = len(alloc.allowed)
+    if s.host_ncores is not None:
+        why = f"COLOCATE_HOST_NCORES={s.host_ncores}"
+    else:
+        why = (f"--ntasks-per-node={alloc.tasks_per_node} x --cpus-per-task="
+               f"{alloc.cpus_per_task}")
+    text = (f"the allocation has {_cpus(have)} on this node "
+            f"({L.format_cpu_list(alloc.allowed)}) and the host job uses "
+            f"{'it' if have == 1 and count == 1 else _cpus(count)} ({why}), so no CPU is left "
+            f"for colocate. ")
+    if alloc.system == "slurm":
+        return text + (f"Add --exclusive to the sbatch options to get every CPU of each node, "
+                       f"or ask for more CPUs than the host uses: --cpus-per-task="
+                       f"{alloc.cpus_per_task + 1} with COLOCATE_HOST_NCORES={count} "
+                       f"(sbatch --export=ALL,COLOCATE_HOST_NCORES={count} ...)")
+    return text + (f"Give the job more CPUs per node than the host uses, or set "
+                   f"COLOCATE_HOST_NCORES to fewer than {have}")
 
 
 def make_plan(alloc: Allocation, s: Settings, host_cmd: Sequence[str], batch: str | None, *,
@@ -274,7 +303,8 @@ def make_plan(alloc: Allocation, s: Settings, host_cmd: Sequence[str], batch: st
         if has_host:
             host = L.slurm_host_step(host_cmd, split.host, alloc.nodes, k)
         step = L.slurm_colocate_step(serve, split.spare, alloc.nodes, rpn, mpi=s.slurm_mpi,
-                                     launcher=s.slurm_launcher)
+                                     launcher=s.slurm_launcher,
+                                     tell_spare=has_host or s.spare_cores is not None)
     elif alloc.system == "pbs":
         if has_host:
             host = L.pbs_host_step(host_cmd, split.host, alloc.hosts, k, python=python)
@@ -327,13 +357,24 @@ def pin_main(cores: str, per_task: int | None, cmd: Sequence[str]) -> int:
 
 
 def attach_main(jobid: str, batch: str) -> int:
-    """Start the supervisor as a one-task step of a running job (it starts the world there)."""
+    """Start the supervisor as a one-task step of a running job (it starts the world there).
+
+    The step sees only its own node in Slurm's variables; the job's node list and count go to
+    it in ``COLOCATE_JOB_NODELIST`` and ``COLOCATE_NODES`` (see ``attached_slurm_env``).
+    """
     inner = [sys.executable, "-m", "colocate.launch", "with", "slurm", "--attach", batch]
     try:
         cmd = L.slurm_attach(jobid, inner, nodes=1, ntasks=1, cpu_bind="none")
-    except ValueError as e:
+        show = subprocess.run(["scontrol", "-o", "show", "job", str(jobid)], capture_output=True,
+                              text=True, timeout=30)
+        if show.returncode != 0:
+            raise ValueError(f"scontrol show job {jobid} failed: {show.stderr.strip()}; is "
+                             f"{jobid} a running job of yours (squeue --me)?")
+        nodelist, nodes = L.slurm_job_nodes(show.stdout)
+    except (ValueError, OSError, subprocess.SubprocessError) as e:
         print(f"{PROG} attach: {e}", file=sys.stderr)
         return 2
+    os.environ.update({"COLOCATE_JOB_NODELIST": nodelist, "COLOCATE_NODES": str(nodes)})
     log(f"attach: {L.shell_join(cmd)}")
     try:
         os.execvp(cmd[0], cmd)
@@ -341,6 +382,12 @@ def attach_main(jobid: str, batch: str) -> int:
         print(f"{PROG} attach: cannot run {cmd[0]!r}: {e.strerror}", file=sys.stderr)
         return 127
     return 0  # not reached
+
+
+def attached_slurm_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Inside an attached supervisor step: the job's node list and count again (else ``{}``)."""
+    nodelist, nodes = environ.get("COLOCATE_JOB_NODELIST"), _int_env(environ, "COLOCATE_NODES")
+    return L.slurm_attached_env(nodelist, nodes) if nodelist and nodes else {}
 
 
 # ----- command line ------------------------------------------------------------------------------
@@ -415,6 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.verb}: expected the host command after -- (or --attach)",
               file=sys.stderr)
         return 2
+    if args.system == "slurm" and args.attach:
+        os.environ.update(attached_slurm_env(os.environ))
+        for name in ("SLURM_NTASKS", "SLURM_NPROCS"):   # the supervisor's one task
+            os.environ.pop(name, None)
     try:
         s = settings_from(args, os.environ)
         alloc = gather(args.system, os.environ)

@@ -7,6 +7,7 @@ whoever can read the file can submit code), removed when the server exits.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -54,6 +55,25 @@ class Address:
                 os.unlink(self.path)
         except (OSError, ServerUnavailable):
             pass
+
+
+def unreachable_hint(address: Address, here: str) -> str:
+    """What to do when nobody answers at ``address``, seen from the host named ``here``.
+
+    A world on one node listens on loopback only (``server.bind: auto``): from another node its
+    address names this client's own loopback, where nobody listens.
+    """
+    try:
+        loopback = ipaddress.ip_address(address.host).is_loopback
+    except ValueError:
+        loopback = address.host == "localhost"
+    if loopback and address.server_host != here:
+        return (f"The server listens on loopback only ({address.host}): its world runs on one "
+                f"node, {address.server_host}, and this client runs on {here}. Connect from "
+                f"{address.server_host}, or start the server with "
+                f"COLOCATE_SERVER_BIND={address.server_host} (server.bind: the node's name) so "
+                f"that other nodes reach it.")
+    return "The server may have stopped; start it again or fix the path."
 
 
 def read(path: str | os.PathLike) -> Address:

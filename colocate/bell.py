@@ -16,6 +16,7 @@ token and the wire format's version (``colocate.messages.WIRE_VERSION``) are che
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import socket
 from typing import Any
@@ -92,9 +93,36 @@ def _read_line(sock: socket.socket, limit: int = 65536) -> dict:
     return data
 
 
-def listen(host: str) -> socket.socket:
-    """Open the server's listening socket on ``host`` (any free port)."""
-    ls = socket.create_server((host, 0), backlog=128)
+def bind_address(host: str) -> str:
+    """The address to bind a socket that peers reach as ``host``.
+
+    ``host`` itself, except for a host name whose first address here (the one a bind to the name
+    would take) is a loopback address, or that does not resolve here: then every interface
+    (``0.0.0.0``). A node whose own ``/etc/hosts`` names it ``127.0.1.1``, as a Debian
+    installation does, resolves its name to loopback while the other nodes resolve it (through
+    DNS or their own files) to its real address; bound to the name, the socket would refuse them
+    all. Addresses (``127.0.0.1``, ``10.1.2.3``) and ``localhost`` are bound as given.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if host in ("", "localhost"):
+        return host
+    try:
+        first = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except (socket.gaierror, UnicodeError, IndexError):
+        return "0.0.0.0"
+    return "0.0.0.0" if ipaddress.ip_address(first.split("%")[0]).is_loopback else host
+
+
+def listen(host: str, backlog: int = 128) -> socket.socket:
+    """Open a listening socket that peers reach as ``host`` (any free port; see ``bind_address``).
+
+    The port is the socket's; the address to give peers stays ``host``, not what it is bound to.
+    """
+    ls = socket.create_server((bind_address(host), 0), backlog=backlog)
     ls.setblocking(False)
     return ls
 

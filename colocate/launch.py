@@ -367,7 +367,7 @@ def slurm_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int], no
                         ranks_per_node: int | None = None, *, mpi: str | None = "pmi2",
                         launcher: str = "srun", extra: Sequence[str] = (),
                         srun: str = "srun", mpiexec_exe: str = "mpiexec",
-                        name: str = "colocate") -> Cmd:
+                        name: str = "colocate", tell_spare: bool = True) -> Cmd:
     """A job step that runs the colocate world on the spare cores of every node.
 
     Every rank is bound to all spare cores of its node (the world pins its executors to single
@@ -391,6 +391,9 @@ def slurm_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int], no
         srun: the srun executable.
         mpiexec_exe: the mpiexec executable for ``launcher="mpiexec"``.
         name: the step name (``squeue --steps`` shows it; used to signal the step).
+        tell_spare: set ``COLOCATE_CO_LOCATION_SPARE_CORES`` to ``spare_cores``. ``False`` when
+            they are only the CPUs the step may use (attaching to a job without a list of spare
+            cores): the world's own ``co_location.spare_cores`` (``auto``) picks the idle ones.
 
     Raises:
         ValueError: no spare core, bad counts, or an unknown launcher.
@@ -401,7 +404,7 @@ def slurm_colocate_step(serve_cmd: Sequence[str], spare_cores: Iterable[int], no
     rpn = len(spare) if ranks_per_node is None else ranks_per_node
     size = world_size(nodes, rpn)
     inner = with_env(_command(serve_cmd, "serve command"),
-                     {SPARE_CORES_ENV: env_cpu_list(spare)})
+                     {SPARE_CORES_ENV: env_cpu_list(spare)} if tell_spare else {})
     bind = f"mask_cpu:{cpu_mask(spare)}"
     if launcher == "srun":
         out = [srun, "--overlap", f"--job-name={name}", f"--nodes={nodes}", f"--ntasks={size}",
@@ -439,6 +442,32 @@ def slurm_attach(jobid: str | int, cmd: Sequence[str], *, nodes: int | None = No
     if cpu_bind:
         out.append(f"--cpu-bind={cpu_bind}")
     return [*out, *extra, *_command(cmd, "command")]
+
+
+def slurm_job_nodes(show_job: str) -> tuple[str, int]:
+    """The node list and node count of a job, from its ``scontrol -o show job JOBID`` line.
+
+    Raises:
+        ValueError: the text has no ``NodeList=`` and ``NumNodes=`` (not a running job).
+    """
+    fields = dict(kv.split("=", 1) for kv in show_job.split() if "=" in kv)
+    nodelist, count = fields.get("NodeList", ""), fields.get("NumNodes", "").split("-")[0]
+    if not nodelist or nodelist == "(null)" or not count.isdigit():
+        raise ValueError(f"expected a running job with NodeList= and NumNodes=, found "
+                         f"{show_job.strip()[:200]!r}")
+    return nodelist, int(count)
+
+
+def slurm_attached_env(nodelist: str, nodes: int) -> dict[str, str]:
+    """The job's own node list and count, for the steps an attached supervisor starts.
+
+    A step started with ``srun --jobid=J --nodes=1`` sees its own one node in
+    ``SLURM_JOB_NODELIST``/``SLURM_NNODES``, and an srun inside it can then reach only that
+    node ("Only allocated 1 nodes asked for 3"); with these set again it reaches every node.
+    """
+    n = str(_positive(nodes, "nodes"))
+    return {"SLURM_JOB_NODELIST": nodelist, "SLURM_NODELIST": nodelist, "SLURM_NNODES": n,
+            "SLURM_JOB_NUM_NODES": n}
 
 
 def slurm_signal_step(jobid: str | int, step: str | int, signal: str = "TERM") -> Cmd:

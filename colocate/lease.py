@@ -83,7 +83,7 @@ class LeaseDesk:
                  send: Callable[[Any], None], catch_up: Callable[[], None]) -> None:
         self.token = token
         self.listener = bell.listen(host)
-        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+        self.address: tuple[str, int] = (host, self.listener.getsockname()[1])
         self.where = where
         self.send = send
         self.catch_up = catch_up

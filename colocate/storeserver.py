@@ -17,7 +17,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from .bell import answer
+from .bell import answer, bind_address
 from .datalink import (
     DATA_OFFSET,
     DATA_TIMEOUT,
@@ -58,7 +58,7 @@ class StoreServer:
     def __init__(self, token: str, rank: int, host: str, pool: int = 0) -> None:
         self.token = token
         self.rank = rank
-        self.listener = socket.create_server((host, 0), backlog=64)
+        self.listener = socket.create_server((bind_address(host), 0), backlog=64)
         self.address = StoreAddress(host, self.listener.getsockname()[1], machine_id(),
                                     os.getpid())
         self.objects: dict[int, _Entry] = {}

@@ -8,7 +8,8 @@ CTL_ADDR=10.77.0.1
 HOSTS_BEGIN="# colocate-cluster begin (tests/cluster/up.sh; down.sh removes these lines)"
 HOSTS_END="# colocate-cluster end"
 
-cannot() { echo "cluster: cannot $*" >&2; exit 1; }
+cannot() { echo "cluster: cannot $*" >&2; exit 1; }        # this machine does not allow it
+broken() { echo "cluster: failed: $*" >&2; exit 2; }       # set up, but it did not come up
 
 netns_of() { echo "colocate-$1"; }           # netns_of vnode2 -> colocate-vnode2
 

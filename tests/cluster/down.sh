@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Stop the virtual cluster of tests/cluster/up.sh and remove everything it added: every process
 # in a node's network namespace (its slurmd, job steps, test programs), the slurmctld (by its pid
-# file), the namespaces, the bridge and veth pairs, the /etc/hosts lines. Leaves munged, the
-# packages and the single-node Slurm of tests/slurm/setup-slurm.sh alone. Idempotent.
+# file), the namespaces and their /etc/netns/colocate-vnode* files, the bridge and veth pairs, the
+# /etc/hosts lines. Leaves munged, the packages and the single-node Slurm of
+# tests/slurm/setup-slurm.sh alone. Idempotent.
 #
 #   sudo bash tests/cluster/down.sh
 set -uo pipefail
@@ -33,6 +34,7 @@ done
 pid=$(cat "$STATE/run/slurmctld.pid" 2>/dev/null || true)
 [[ -n $pid ]] && kill_pids "$pid"
 rm -f "$STATE"/run/*.pid "$STATE/nodes"
+rm -rf /etc/netns/colocate-vnode[1-4]
 ip link del "$BRIDGE" 2>/dev/null
 for i in 1 2 3 4; do ip link del "clv$i" 2>/dev/null; done
 if grep -qF "$HOSTS_BEGIN" /etc/hosts; then

@@ -24,6 +24,9 @@ run tests/cluster/up.sh)" >&2; exit 1; }
 # sees the node's network interfaces, not the machine's: with the machine's, its addresses
 # fail to unpack at random), without the cgroup file systems; mount them again from pid 1's
 # table (slurmd and colocate use them).
+# UCX takes the nodes for one machine (one boot id) and would carry MPI between them in shared
+# memory; over TCP it crosses their network as between real nodes. (Set UCX_TLS to override.)
+export UCX_TLS=${UCX_TLS:-self,tcp}
 # shellcheck disable=SC2016  # $0 and $@ belong to the inner shell
 exec ip netns exec "$ns" unshare --uts sh -c '
     grep -E "^[^ ]+ /sys/fs/cgroup[^ ]* (tmpfs|cgroup|cgroup2) " /proc/1/mounts |

@@ -10,7 +10,8 @@
 # by the bridge `clbr0` (10.77.0.1) in the root namespace, and every process started on it sees
 # its own hostname (a UTS namespace per process tree: `on.sh` sets `vnodeI`). Lines between
 # "# colocate-cluster begin/end" in /etc/hosts make every name resolve everywhere; down.sh removes
-# them. One slurmctld (hostname `vctl`, on the bridge address, in the root network namespace) and
+# them. On a node itself, its own name resolves first to 127.0.1.1, as on a Debian installation
+# (/etc/netns/colocate-vnodeI/hosts, which `ip netns exec` mounts over /etc/hosts). One slurmctld (hostname `vctl`, on the bridge address, in the root network namespace) and
 # one slurmd per node (in the node's namespaces, its own spool, pid and log files) share the
 # machine's munged through its socket. Every node claims all of this machine's CPUs (CPUs= from
 # `slurmd -C`): the nodes overlap on the same cores, so CPU ids are the same on every node as on
@@ -21,9 +22,10 @@
 # (SlurmctldPort 6917, SlurmdPort 6918), cluster name, state, spool, pid and log files, so both
 # can run at once; neither script stops the other's daemons. munged is shared and left running.
 #
-# Exit status: 0 up (node names on stdout, one per line), 1 cannot (one line on stderr starting
-# with "cluster: cannot", saying why: not root, no namespaces, packages missing, a daemon that
-# did not start).
+# Exit status: 0 up (node names on stdout, one per line); 1 cannot (one line on stderr starting
+# with "cluster: cannot", saying why: not root, no namespaces, packages missing, munged would not
+# start); 2 failed (on stderr "cluster: failed ...": set up, but the Slurm daemons did not get
+# idle; see the logs it names).
 #
 # Environment:
 #   COLOCATE_CLUSTER_STATE  state directory (default /var/tmp/colocate-cluster)
@@ -100,6 +102,20 @@ unshare --uts true 2>/dev/null || cannot "unshare --uts failed (UTS namespaces n
     for i in $(seq "$N"); do echo "$(addr_of "vnode$i") vnode$i"; done
     echo "$HOSTS_END"
 } >> /etc/hosts
+
+# Each node's own view, as on a Debian installation: its own name first on 127.0.1.1, then the
+# cluster's addresses. `ip netns exec` (on.sh) mounts /etc/netns/NS/hosts over /etc/hosts, for
+# slurmd and every job step it starts. A process that binds to its own host name then gets a
+# loopback address, which the other nodes cannot reach (colocate binds all interfaces then).
+for i in $(seq "$N"); do
+    mkdir -p "/etc/netns/$(netns_of "vnode$i")"
+    {
+        echo "127.0.0.1 localhost"
+        echo "127.0.1.1 vnode$i"
+        echo "$CTL_ADDR vctl"
+        for j in $(seq "$N"); do echo "$(addr_of "vnode$j") vnode$j"; done
+    } > "/etc/netns/$(netns_of "vnode$i")/hosts"
+done
 
 # ---- slurm.conf ---------------------------------------------------------------------------------------
 # `slurmd -C` prints this machine's line, e.g. "NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 ...".
@@ -183,7 +199,7 @@ if ! why=$(start_daemons); then
     stop_daemons
     write_conf task/none
     TASK_PLUGIN=task/none
-    why=$(start_daemons) || cannot "nodes not idle after ${WAIT}s ($why; states: \
+    why=$(start_daemons) || broken "nodes not idle after ${WAIT}s ($why; states: \
 $(SLURM_CONF=$CONF sinfo -h -N -o '%N=%T' 2>&1 | tr '\n' ' ')); see $STATE/log"
 fi
 # The TaskPlugin must bind: a step asked for CPU 0 only must see CPU 0 only.
@@ -193,7 +209,7 @@ if [[ $TASK_PLUGIN != task/none ]]; then
     if [[ $got != "[0]" ]]; then
         stop_daemons
         write_conf task/none
-        why=$(start_daemons) || cannot "nodes not idle with task/none ($why); see $STATE/log"
+        why=$(start_daemons) || broken "nodes not idle with task/none ($why); see $STATE/log"
     fi
 fi
 echo "$N" > "$STATE/nodes"

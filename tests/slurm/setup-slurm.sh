@@ -18,6 +18,8 @@
 # Partitions: "debug" (the default) and "pool", preemptible by "debug" (PreemptMode=CANCEL,
 # GraceTime=10): for the pool tests.
 set -euo pipefail
+# This Slurm is the default one (/etc/slurm/slurm.conf): never the virtual cluster's SLURM_CONF.
+unset SLURM_CONF
 
 STATE=${COLOCATE_SLURM_STATE:-/var/tmp/colocate-slurm}
 TASK_PLUGIN=${COLOCATE_SLURM_TASK:-task/affinity}
@@ -31,6 +33,10 @@ say() { echo "setup-slurm: $*"; }
 cannot() { echo "setup-slurm: cannot start Slurm: $*" >&2; exit 1; }
 
 node_state() { sinfo -h -N -o '%T' 2>/dev/null | head -n1; }
+
+# Whether this Slurm's daemon NAME (slurmd, slurmctld) runs, by its pid file: the virtual cluster
+# of tests/cluster/up.sh runs daemons of the same names beside it, which are not ours.
+running() { local pid; pid=$(cat "$STATE/$1.pid" 2>/dev/null) && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; }
 
 wait_idle() {  # wait_idle SECONDS -> 0 when the node is idle (or allocated/mixed: it's up)
     local deadline=$((SECONDS + $1)) state
@@ -49,7 +55,7 @@ wait_idle() {  # wait_idle SECONDS -> 0 when the node is idle (or allocated/mixe
 # Already running (a previous run of this script, or a Slurm the machine had) with the
 # preemptible partition? Then done.
 if command -v sinfo >/dev/null && [[ -f $CONF ]] && grep -q '^PartitionName=pool ' "$CONF" \
-        && pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null && wait_idle 5; then
+        && running slurmctld && running slurmd && wait_idle 5; then
     say "slurm ready: already running, node $(sinfo -h -N -o '%N %T %c' | head -n1)"
     exit 0
 fi
@@ -161,7 +167,7 @@ stop_daemons() {
         [[ -n $pid ]] && kill "$pid" 2>/dev/null || true
     done
     for _ in $(seq 50); do
-        pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || return 0
+        running slurmd || running slurmctld || return 0
         sleep 0.1
     done
 }

@@ -278,7 +278,9 @@ def test_plan_settings_override_the_job():
 
 @pytest.mark.parametrize("alloc, s, needle", [
     (_alloc(tasks_per_node=None), LL.Settings(), "how many cores does the host job use"),
-    (_alloc(tasks_per_node=8), LL.Settings(), "expected 1 to 7.*--exclusive"),
+    (_alloc(tasks_per_node=8), LL.Settings(),
+     "8 CPUs on this node.*so no CPU is left.*--exclusive"),
+    (_alloc(tasks_per_node=9), LL.Settings(), "uses 9 CPUs.*so no CPU is left"),
     (_alloc(), LL.Settings(host_cores="0-9"), "names CPUs 8-9 outside the allocation"),
     (_alloc(), LL.Settings(host_cores="0-3", spare_cores="3"), "expected disjoint"),
     (_alloc(), LL.Settings(spare_cores="0"), "not used by the host"),
@@ -286,6 +288,45 @@ def test_plan_settings_override_the_job():
 def test_plan_rejects_impossible_layouts(alloc, s, needle):
     with pytest.raises(ValueError, match=needle):
         _plan(alloc, s)
+
+
+def test_plan_one_cpu_job_says_why_in_words():
+    """`sbatch -N 1 --ntasks-per-node=1` without --exclusive: Slurm gives the job one CPU."""
+    one = _alloc(nodes=1, allowed=(0,), tasks_per_node=1)
+    with pytest.raises(ValueError) as e:
+        _plan(one)
+    assert str(e.value) == (
+        "the allocation has 1 CPU on this node (0) and the host job uses it "
+        "(--ntasks-per-node=1 x --cpus-per-task=1), so no CPU is left for colocate. Add "
+        "--exclusive to the sbatch options to get every CPU of each node, or ask for more CPUs "
+        "than the host uses: --cpus-per-task=2 with COLOCATE_HOST_NCORES=1 "
+        "(sbatch --export=ALL,COLOCATE_HOST_NCORES=1 ...)")
+    with pytest.raises(ValueError, match=r"uses 2 CPUs \(COLOCATE_HOST_NCORES=2\).*fewer than 2"):
+        _plan(_alloc(system="mpiexec", nodes=1, allowed=(0, 1), jobid=None),
+              LL.Settings(host_ncores=2))
+
+
+def test_attach_passes_the_job_nodes_and_leaves_spare_cores_to_auto():
+    show = ("JobId=51 JobName=wrap UserId=root(0) JobState=RUNNING NumNodes=3 NumCPUs=6 "
+            "NodeList=vnode[1-3] BatchHost=vnode1")
+    assert L.slurm_job_nodes(show) == ("vnode[1-3]", 3)
+    with pytest.raises(ValueError, match="expected a running job"):
+        L.slurm_job_nodes("JobId=51 JobState=PENDING NumNodes=3 NodeList=(null)")
+    env = L.slurm_attached_env("vnode[1-3]", 3)
+    assert env == {"SLURM_JOB_NODELIST": "vnode[1-3]", "SLURM_NODELIST": "vnode[1-3]",
+                   "SLURM_NNODES": "3", "SLURM_JOB_NUM_NODES": "3"}
+    assert LL.attached_slurm_env({"COLOCATE_JOB_NODELIST": "n[1-2]", "COLOCATE_NODES": "2"}) \
+        == L.slurm_attached_env("n[1-2]", 2)
+    assert LL.attached_slurm_env({}) == {}
+    # Inside the one-task step: the job's node count, from COLOCATE_NODES.
+    alloc = LL.gather("slurm", {"SLURM_JOB_ID": "51", "SLURM_NNODES": "1", "COLOCATE_NODES": "3"})
+    assert alloc.nodes == 3
+    # Without a list of spare cores the world gets every CPU and chooses (spare_cores: auto).
+    auto = _plan(_alloc(tasks_per_node=None), LL.Settings(), host=())
+    assert L.SPARE_CORES_ENV not in " ".join(auto.serve)
+    assert "--cpu-bind=mask_cpu:0xff" in auto.serve
+    told = _plan(_alloc(tasks_per_node=None), LL.Settings(spare_cores="6-7"), host=())
+    assert f"{L.SPARE_CORES_ENV}=6-7" in told.serve
 
 
 def test_plan_attach_and_other_systems():
