@@ -13,13 +13,29 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ON, TAG_VAR, bounded_wait
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+ON = Path(__file__).resolve().parent / "on.sh"
+TAG_VAR = "CLTEST_WORLD"   # the variable tests/cluster/conftest.py tags processes with
+
+
+def bounded_wait(predicate, timeout: float, what: str):
+    deadline, pause = time.monotonic() + timeout, 0.05
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.5)
 
 CLIENT = r"""
 import collections, hashlib, json, socket, sys, time

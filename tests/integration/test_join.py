@@ -18,7 +18,6 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from conftest import colocate_cmd, wait_until
 
 import colocate
 from colocate.errors import WorkerLost
@@ -27,6 +26,22 @@ pytestmark = pytest.mark.timeout(150)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import tests
 
 JOINED = 2   # the first joined worker's id in a world of 2 ranks
+
+
+def colocate_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "colocate", *args]
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline, pause = time.monotonic() + timeout, 0.05
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.5)
 
 
 class Joiner:
