@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -24,18 +23,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 ON = Path(__file__).resolve().parent / "on.sh"
 TAG_VAR = "CLTEST_WORLD"   # the variable tests/cluster/conftest.py tags processes with
-
-
-def bounded_wait(predicate, timeout: float, what: str):
-    deadline, pause = time.monotonic() + timeout, 0.05
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(pause)
-        pause = min(pause * 1.5, 0.5)
 
 CLIENT = r"""
 import collections, hashlib, json, socket, sys, time
@@ -112,7 +99,8 @@ def world(cluster, srun_world):
                       env={"COLOCATE_SERVER_BIND": "vnode1"})
 
 
-def test_a_worker_joins_from_another_node_runs_tasks_holds_objects_and_leaves(cluster, world):
+def test_a_worker_joins_from_another_node_runs_tasks_holds_objects_and_leaves(cluster, world,
+                                                                              wait_until):
     tag = f"join-{uuid.uuid4().hex[:8]}"
     joiner = start_join(cluster, world, tag)
     try:
@@ -123,7 +111,7 @@ def test_a_worker_joins_from_another_node_runs_tasks_holds_objects_and_leaves(cl
         assert sorted(got["workers"].values()) == ["vnode1", "vnode3"]
         assert got["ran_on"] == ["vnode1", "vnode3"]
         assert got["ref_node"] == "vnode3" and got["same"] and got["digest_there"]
-        [proc] = bounded_wait(lambda: joined_processes(tag), 30, "the joined worker's process")
+        [proc] = wait_until(lambda: joined_processes(tag), 30, "the joined worker's process")
         proc.send_signal(signal.SIGTERM)
         assert joiner.wait(60) == 0
         assert re.search(r"worker \d+ leaving \(SIGTERM from the batch system\)",
