@@ -32,6 +32,10 @@ _MPI_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPICH_", "I_MPI_"
 BENCH_ENV = {"COLOCATE_CO_LOCATION_SPARE_CORES": "all", "COLOCATE_GUARD_ENABLED": "false",
              "COLOCATE_CO_LOCATION_PRIORITY": "normal", "COLOCATE_LOG": "warning"}
 
+# What a user gets with no settings at all (auto spare cores, executors at SCHED_IDLE, cgroups
+# auto, the guard on): only the log level differs, so that logs stay short.
+DEFAULT_ENV = {"COLOCATE_LOG": "warning"}
+
 START_TIMEOUT = 90.0   # seconds for a world to write its address file and see its workers
 STOP_TIMEOUT = 30.0    # seconds for a polite stop before signals
 
@@ -82,14 +86,16 @@ class World:
         ranks: MPI ranks (rank 0 schedules, the others are workers).
         directory: where the address file and the log go.
         env: extra environment for every rank (and so for the executor children).
+        settings: the base settings (:data:`BENCH_ENV`, or :data:`DEFAULT_ENV` for the defaults).
     """
 
-    def __init__(self, ranks: int, directory: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, ranks: int, directory: Path, env: dict[str, str] | None = None,
+                 settings: dict[str, str] = BENCH_ENV) -> None:
         self.ranks = ranks
         self.tag = f"bench-{uuid.uuid4().hex[:12]}"
         self.address = directory / f"{self.tag}.address"
         self.log_path = directory / f"{self.tag}.log"
-        self.env = clean_env(self.tag, env)
+        self.env = clean_env(self.tag, env, settings)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             ["mpiexec", "-n", str(ranks), sys.executable, "-m", "colocate", "serve",

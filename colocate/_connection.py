@@ -61,6 +61,8 @@ from .messages import (
     ResultMsg,
     Results,
     Status,
+    StatusReply,
+    StatusRequest,
     Submit,
     TaskInfo,
     TaskMsg,
@@ -78,6 +80,7 @@ log = logging.getLogger("colocate.client")
 
 READ_SLICE = 0.05   # seconds a caller reading for its result sleeps between checks
 IDLE_WAIT = 1.0     # seconds the connection thread sleeps at most before looking around
+CANCEL_WAIT = 5.0   # seconds cancel() waits for rank 0 to say which tasks it dropped
 
 
 class Future(cf.Future):
@@ -90,8 +93,25 @@ class Future(cf.Future):
 
     info: TaskInfo | None = None
     _label = ""
+    _id = -1                    # the task's id on this connection
     _refs: list | None = None   # Refs in the task's arguments, kept alive until it is done
     _conn: Connection | None = None   # while in flight
+
+    def cancel(self) -> bool:
+        """Cancel the call if it has not started; returns whether it is cancelled.
+
+        A task already sent waits in rank 0's queue until a worker is free, although its
+        future says ``running()``: it is asked back from rank 0 (one round trip), as a
+        ``ProcessPoolExecutor`` takes back a call it has not yet handed to a process. One that
+        has started (or was sent ahead to a worker, or to a leased one) goes on: ``False``.
+        """
+        if super().cancel():
+            return True
+        conn = self._conn
+        if conn is None or self.done():
+            return self.cancelled()
+        conn.cancel_sent([self])
+        return self.cancelled()
 
     def result(self, timeout: float | None = None) -> Any:
         return super().result(self._read_until_done(timeout))
@@ -104,6 +124,22 @@ class Future(cf.Future):
         if conn is None or self.done():
             return timeout
         return conn.read_until(self, timeout)
+
+    def _end_cancelled(self) -> None:
+        """Rank 0 dropped the task before it started: end as a future cancelled in time.
+
+        ``concurrent.futures`` has no public way from running to cancelled; this does what
+        ``cancel()`` and ``set_running_or_notify_cancel()`` do together for a pending future
+        (state, waiters of ``wait``/``as_completed``, callbacks).
+        """
+        with self._condition:
+            if self._state not in (cf._base.PENDING, cf._base.RUNNING):
+                return
+            self._state = cf._base.CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
 
 
 class _LeaseLink:
@@ -171,6 +207,7 @@ class Connection(StoreClient):
         self.watching = True
         self.expecting = 0
         self.goodbye: str | None = None
+        self.cancel_unanswered = False   # a cancel's round trip timed out once: never wait again
         self.lease: _LeaseLink | None = None
         self.world = store.world_id(address.token)
         from .datalink import register_world
@@ -230,6 +267,7 @@ class Connection(StoreClient):
                 msg = msg._replace(fn_bytes=fn_bytes)
             if link is not None:
                 link.sent[msg.id] = (msg, fn_bytes)
+            fut._id = msg.id
             if refs:
                 fut._refs = refs   # the objects stay alive while the task may read them
             self.outstanding += 1
@@ -327,12 +365,47 @@ class Connection(StoreClient):
         self._wake()
 
     def cancel_queued(self) -> None:
-        """Cancel tasks not yet sent, and ask the server to drop this client's queued ones."""
+        """Cancel tasks not yet sent, and take back from rank 0 those it has not started.
+
+        Returns once rank 0 has answered (bounded by ``CANCEL_WAIT``): the futures it dropped
+        are cancelled by then, as ``shutdown(cancel_futures=True)`` promises.
+        """
         with self.lock:
             for fut, _ in self.outbox:
                 fut.cancel()
-            self.control.append(Cancel(list(self.inflight)))
-        self._wake()
+            sent = list(self.inflight.values())
+        self.cancel_sent(sent)
+
+    def cancel_sent(self, futs: list[Future]) -> None:
+        """Ask rank 0 to drop these sent tasks if they still wait in its queue; await its answer.
+
+        Rank 0 answers a ``Cancel`` with a ``CANCELLED`` result for each task it dropped, on the
+        same stream and before its reply to the ``StatusRequest`` sent right after: once that
+        reply is here, every dropped task's future is cancelled. Skipped in the threads that
+        read the socket (a callback there would wait for itself): those futures go on.
+        """
+        if threading.get_ident() in (self.thread.ident, self.reader):
+            return
+        with self.lock:
+            if self.broken is not None or not self.thread.is_alive():
+                return
+            link = self.lease
+            ids = [f._id for f in futs if f._conn is self and not f.done()
+                   and (link is None or f._id not in link.sent)]
+            if not ids:
+                return
+            self.control.append(Cancel(ids))
+            if self.cancel_unanswered:   # rank 0 did not answer before: do not wait again
+                self._wake()
+                return
+        try:
+            self.request(StatusRequest(), StatusReply, CANCEL_WAIT)
+        except TimeoutError:
+            # The futures go on (a cancel not confirmed did not happen); rank 0 may still
+            # drop them, which cancels them then.
+            self.cancel_unanswered = True
+        except BrokenWorld:
+            pass
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Say goodbye (after in-flight tasks finish if ``wait``) and stop the thread."""
@@ -582,6 +655,9 @@ class Connection(StoreClient):
 
     def _settle(self, fut: Future, res: ResultMsg) -> None:
         try:
+            if res.status == Status.CANCELLED:   # taken back from rank 0's queue: never ran
+                fut._end_cancelled()
+                return
             if res.status != Status.OK:
                 fut.set_exception(task_error(fut._label, res, self.address.size))
                 return

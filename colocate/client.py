@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -53,8 +54,10 @@ class Executor(cf.Executor):
         if _conn is not None:
             self._conn, self._world, self._owner = _conn, None, False
             return
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
-            raise ValueError("max_workers must be greater than 0")
+        if max_workers is not None and (not isinstance(max_workers, int)
+                                        or isinstance(max_workers, bool) or max_workers <= 0):
+            raise ValueError(f"max_workers must be greater than 0, found {max_workers!r}: pass "
+                             "a number of workers, or None for one per spare core")
         from . import config as configuration
         cfg = configuration.load(config)
         transport = store.check_transport(cfg["store"]["transport"])
@@ -87,6 +90,11 @@ class Executor(cf.Executor):
         if self._world is not None:
             self._world.hang_up = self._conn.hang_up
         self._owner = True
+        # Collected without shutdown(): what shutdown(wait=False) does, so nothing is left
+        # running (in-flight tasks finish, then the connection and a world of ours end). At
+        # interpreter exit the local world's own exit hook does it instead.
+        self._finalizer = weakref.finalize(self, _shut_down, self._conn, self._world, False)
+        self._finalizer.atexit = False
 
     # ----- concurrent.futures API ----------------------------------------------------------------
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
@@ -119,23 +127,27 @@ class Executor(cf.Executor):
             chunks = iter(lambda: list(itertools.islice(calls, chunksize)), [])
             source = (self.submit(_run_chunk, fn, chunk) for chunk in chunks)
         window = deque(itertools.islice(source, ahead))
+        conn = self._conn
 
         def results() -> Iterator:
+            # No local name outlives a yield holding a result already handed out (bpo-14406):
+            # the caller alone decides how long it lives.
             try:
                 while window:
-                    fut = window.popleft()
                     left = None if end is None else end - time.monotonic()
-                    value = fut.result(left)
-                    nxt = next(source, None)
-                    if nxt is not None:
-                        window.append(nxt)
                     if chunksize == 1:
-                        yield value
+                        yield _result(window, left, source)
                     else:
-                        yield from value
+                        chunk = _result(window, left, source)
+                        chunk.reverse()
+                        while chunk:
+                            yield chunk.pop()
             finally:
+                # Timed out, failed or abandoned: the calls not started never run.
                 for fut in window:
-                    fut.cancel()
+                    super(Future, fut).cancel()   # the unsent ones, at no cost
+                conn.cancel_sent([fut for fut in window if not fut.done()])
+                window.clear()
         return results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -145,24 +157,12 @@ class Executor(cf.Executor):
         self._shutdown = True
         if not self._owner:
             return
+        self._finalizer.detach()
         try:
             if cancel_futures:
                 self._conn.cancel_queued()
-            self._conn.close(wait=wait)
         finally:
-            # Whatever happened to the connection, a world of ours must stop (it also stops by
-            # itself once our connection closes, or this process exits: colocate._owner).
-            if self._world is not None:
-                if wait:
-                    self._stop_world()
-                else:
-                    threading.Thread(target=self._stop_world, daemon=True).start()
-
-    def _stop_world(self) -> None:
-        try:
-            self._conn.thread.join()
-        finally:
-            self._world.stop()
+            _shut_down(self._conn, self._world, wait)
 
     # ----- colocate extensions -------------------------------------------------------------------
     def options(self, *, timeout: float | None = ..., retries: int = ..., cores: int = ...,
@@ -196,6 +196,7 @@ class Executor(cf.Executor):
             changes["retry_on"] = tuple(r if isinstance(r, str) else qualname(r)
                                         for r in retry_on)
         view = Executor(_conn=self._conn, _options=self._options._replace(**changes))
+        view._parent = self   # the connection lives while a view does
         return view
 
     @property
@@ -260,15 +261,36 @@ class Executor(cf.Executor):
     def cancel_pending(self) -> None:
         """Take back this executor's tasks that have not started; running ones go on.
 
-        Tasks not sent yet are cancelled; those queued at rank 0 end with
-        :class:`~colocate.errors.TaskInterrupted` ("cancelled before it started", no
-        ``info``). Unlike ``shutdown(cancel_futures=True)`` the executor stays usable.
+        Tasks not sent yet, and those still waiting in rank 0's queue, are cancelled (their
+        futures' ``cancelled()`` is true when this returns). Unlike
+        ``shutdown(cancel_futures=True)`` the executor stays usable.
         """
         self._conn.cancel_queued()
 
     def stop_server(self, drain: bool = True) -> None:
         """Ask the server to stop (after draining running tasks if ``drain``)."""
         self._conn.send_control(StopRequest(drain))
+
+
+def _shut_down(conn: Connection, world: LocalWorld | None, wait: bool) -> None:
+    """Close ``conn`` (after its in-flight tasks with ``wait``) and stop a world of ours."""
+    try:
+        conn.close(wait=wait)
+    finally:
+        # Whatever happened to the connection, a world of ours must stop (it also stops by
+        # itself once our connection closes, or this process exits: colocate._owner).
+        if world is not None:
+            if wait:
+                _stop_world(conn, world)
+            else:
+                threading.Thread(target=_stop_world, args=(conn, world), daemon=True).start()
+
+
+def _stop_world(conn: Connection, world: LocalWorld) -> None:
+    try:
+        conn.thread.join()
+    finally:
+        world.stop()
 
 
 def _launched_by_mpi() -> bool:
@@ -279,6 +301,24 @@ def _launched_by_mpi() -> bool:
         except ValueError:
             pass
     return False
+
+
+def _result(window: deque, timeout: float | None, source: Iterator) -> Any:
+    """The result of the oldest future of ``window``, which is then replaced by the next call.
+
+    Nothing here keeps the future (which holds the result) once it is returned.
+    """
+    fut = window[0]
+    try:
+        value = fut.result(timeout)
+    finally:
+        if fut.done():
+            window.popleft()
+        del fut
+    nxt = next(source, None)
+    if nxt is not None:
+        window.append(nxt)
+    return value
 
 
 def _run_chunk(fn: Callable, chunk: list[tuple]) -> list:

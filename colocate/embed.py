@@ -1,10 +1,11 @@
 """Embedding: turn some ranks of an existing mpi4py application into a colocate world.
 
 ``with colocate.embed(comm, workers=K) as ex:`` is called by every rank of ``comm``. The last
-``K`` ranks become the world (the first of them schedules, the others run tasks): on those ranks
-the ``with`` statement serves until every other rank has left its block, then ``ex`` is ``None``
-(the idiom of ``mpi4py.futures.MPICommExecutor``). On every other rank ``ex`` is an
-:class:`~colocate.Executor` connected to that world, shut down when the block ends.
+``K + 1`` ranks become the world: the first of them schedules, the ``K`` others run tasks (as in
+``mpi4py.futures.MPICommExecutor``, ``workers`` counts only the ranks that run tasks). On those
+ranks the ``with`` statement serves until every other rank has left its block, then ``ex`` is
+``None``. On every other rank ``ex`` is an :class:`~colocate.Executor` connected to that world,
+shut down when the block ends.
 """
 
 from __future__ import annotations
@@ -22,33 +23,35 @@ ADDRESS_TIMEOUT = 120.0
 
 @contextlib.contextmanager
 def embed(comm: Any, workers: int | None = None, *, config: str | None = None) -> Iterator[Any]:
-    """Serve tasks on ``workers`` ranks of ``comm``; the other ranks get an Executor.
+    """Run tasks on ``workers`` ranks of ``comm`` (one more schedules); others get an Executor.
 
     Args:
         comm: an mpi4py intracommunicator (e.g. ``MPI.COMM_WORLD``); collective over it.
-        workers: how many ranks form the world, one of which schedules (at least 2; default:
-            every rank but rank 0, as in ``MPICommExecutor``).
+        workers: how many ranks run tasks (at least 1). One more rank schedules, and at least
+            one rank must stay a client, so ``workers <= comm.Get_size() - 2``. Default: every
+            rank but rank 0 serves (``comm.Get_size() - 2`` run tasks).
         config: a configuration file for the world.
 
     Raises:
-        ConfigError: ``workers`` does not fit the communicator's size.
+        ConfigError: ``workers`` does not fit the communicator's size (on every rank).
     """
     from . import config as configuration
     from .client import Executor
     from .world import serve
     size, rank = comm.Get_size(), comm.Get_rank()
-    k = size - 1 if workers is None else workers
     if size < 3:
         raise ConfigError(
             f"found a communicator of {size} rank(s), needs at least 3: one rank schedules, at "
             "least one runs tasks, and at least one stays a client (start more ranks)",
             key="embed(comm)")
-    if not isinstance(k, int) or k < 2 or k > size - 1:
+    k = size - 2 if workers is None else workers
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= size - 2:
         raise ConfigError(
-            f"found workers={k!r} on a communicator of {size} ranks; needs 2 <= workers <= "
-            f"{size - 1}: one rank schedules, at least one runs tasks, and at least one rank "
-            "stays a client (run with more ranks, or change workers)", key="embed(workers=)")
-    first = size - k
+            f"found workers={k!r} on a communicator of {size} ranks; needs 1 <= workers <= "
+            f"{size - 2}: workers counts the ranks that run tasks, one more rank schedules, "
+            f"and at least one rank stays a client (pass workers between 1 and {size - 2}, or "
+            "start more ranks)", key="embed(workers)")
+    first = size - (k + 1)   # the world: a scheduler and k workers
     serving = rank >= first
     clients = list(range(first))
     sub = comm.Split(1 if serving else 0, rank)

@@ -26,7 +26,7 @@ from mpi4py import MPI
 
 import colocate
 
-WORKERS = 2          # ranks that form the colocate world (a scheduler and a worker)
+WORKERS = 1          # colocate ranks that run tasks (one more rank schedules them)
 TOLERANCE = 1e-9     # relative error allowed against the exact discrete decay
 
 
@@ -91,7 +91,7 @@ def main() -> int:
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
     # The compute ranks need a communicator of their own: the serving ranks are busy serving.
-    compute = world.Split(0 if rank < size - WORKERS else MPI.UNDEFINED, rank)
+    compute = world.Split(0 if rank < size - WORKERS - 1 else MPI.UNDEFINED, rank)
     try:
         with colocate.embed(world, workers=WORKERS) as ex:
             if ex is None:

@@ -21,7 +21,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 # "thread": a rank stuck in a blocking MPI call cannot be interrupted by a signal handler.
 pytestmark = [pytest.mark.mpi(min_size=3), pytest.mark.timeout(60, method="thread")]
 
-WORKERS = 2
+WORKERS = 1   # ranks that run tasks; one more schedules
 BOUND = 30.0
 
 
@@ -62,11 +62,11 @@ def test_serving_ranks_get_none_and_the_others_an_executor(comm):
                 fut = ex.submit(cube, rank + 2)
                 if fut.result(timeout=BOUND) != (rank + 2) ** 3:
                     problems.append(f"wrong result {fut.result()}")
-                if fut.info.rank != 1:   # the only worker of a 2-rank world
+                if fut.info.rank != 1:   # the only worker of the world
                     problems.append(f"ran on rank {fut.info.rank}")
             except Exception as e:   # noqa: BLE001 - reported on every rank
                 problems.append(repr(e))
-    if serving != (rank >= size - WORKERS):
+    if serving != (rank >= size - WORKERS - 1):
         problems.append(f"serving={serving} on rank {rank} of {size}")
     check_everywhere(comm, problems)
 
@@ -105,14 +105,37 @@ def test_a_crash_costs_one_task(comm):
     check_everywhere(comm, problems)
 
 
-@pytest.mark.parametrize("workers", ["too many", 1, 0])
+@pytest.mark.parametrize("workers", ["too many", 0, -1, "two", True])
 def test_invalid_workers_fail_on_every_rank(comm, workers):
     size = comm.Get_size()
-    k = size if workers == "too many" else workers
-    with pytest.raises(colocate.ConfigError, match="needs 2 <= workers"):
+    k = size - 1 if workers == "too many" else workers
+    with pytest.raises(colocate.ConfigError) as err:
         with colocate.embed(comm, workers=k):
             pass
+    text = str(err.value)
+    assert text.startswith(f"embed(workers): found workers={k!r} on a communicator of {size} "
+                           f"ranks; needs 1 <= workers <= {size - 2}: workers counts the ranks "
+                           "that run tasks"), text
+    assert f"pass workers between 1 and {size - 2}, or start more ranks" in text
     comm.Barrier()   # every rank got here: nobody is left serving
+
+
+def test_workers_counts_the_ranks_that_run_tasks(comm):
+    # As in MPICommExecutor: workers=1 on 3 ranks is one scheduler, one worker, one client.
+    rank, size = comm.Get_rank(), comm.Get_size()
+    problems: list[str] = []
+    with colocate.embed(comm, workers=size - 2) as ex:
+        if (ex is None) != (rank >= 1):
+            problems.append(f"rank {rank}: ex={ex!r}")
+        if ex is not None:
+            try:
+                ranks = {f.info.rank for f in [ex.submit(cube, i) for i in range(20)]
+                         if f.result(timeout=BOUND) is not None}
+                if not ranks <= set(range(1, size - 1)):
+                    problems.append(f"ran on world ranks {ranks}")
+            except Exception as e:   # noqa: BLE001
+                problems.append(repr(e))
+    check_everywhere(comm, problems)
 
 
 def test_default_workers_serve_all_but_rank_0(comm):
