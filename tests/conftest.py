@@ -296,13 +296,13 @@ def wait_until_fixture() -> Callable[..., Any]:
     return wait_until
 
 
-@pytest.fixture(name="subprocess_env")
+@pytest.fixture(name="subprocess_env", scope="session")
 def subprocess_env_fixture() -> Callable[..., dict[str, str]]:
     """:func:`subprocess_env` for test modules: the environment for subprocesses."""
     return subprocess_env
 
 
-@pytest.fixture(name="assert_no_leftovers")
+@pytest.fixture(name="assert_no_leftovers", scope="session")
 def assert_no_leftovers_fixture() -> Callable[..., None]:
     """:func:`assert_no_leftovers` for test modules: ``(tag, timeout=15.0)``."""
     return assert_no_leftovers

@@ -34,9 +34,6 @@ import cloudpickle
 import psutil
 import pytest
 
-# (a module-wide world needs the environment helpers themselves: their fixtures are per test)
-from conftest import assert_no_leftovers, subprocess_env
-
 import colocate
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -105,7 +102,7 @@ def first_blocks(directory, release, value):
 
 # ----- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def local_world():
+def local_world(subprocess_env, assert_no_leftovers):
     """The address file of one local world (one worker), owned by a module-wide executor."""
     tag = f"conformance-{uuid.uuid4().hex[:12]}"
     with pytest.MonkeyPatch.context() as mp:

@@ -123,9 +123,8 @@ SWEEP_TIMEOUT = pytest.mark.timeout(200)
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, subprocess_env):
     """A batch in sweeps/ with ``output: ../out``, run from another directory (elsewhere/)."""
-    from conftest import subprocess_env
     root = tmp_path_factory.mktemp("sweep")
     (root / "sweeps").mkdir()
     (root / "elsewhere").mkdir()
