@@ -22,6 +22,14 @@ REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "launchers" / "slurm" / "colocate-with.sbatch"
 ATTACH = REPO / "launchers" / "slurm" / "colocate-attach.sh"
 DATA = REPO / "tests" / "data"
+
+
+def data_copy(tmp_path: Path, name: str) -> Path:
+    """A test batch and its function file copied into ``tmp_path``: its ``output: runs/..``
+    (relative to the batch file) then lands in the test's directory, not in tests/data."""
+    for f in (name, "where_fn.py"):
+        shutil.copy(DATA / f, tmp_path / f)
+    return tmp_path / name
 NODES = ["vnode1", "vnode2", "vnode3"]
 
 
@@ -52,8 +60,9 @@ def hosts_on_host_core(out: str) -> list[str]:
 @pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
 def test_colocate_with_sbatch_on_three_nodes(cluster, tmp_path, launcher):
     """The world by srun --mpi=pmi2, or by hydra (mpiexec -launcher slurm) inside the job."""
+    batch = data_copy(tmp_path, "where-spread.yaml")
     jobid = cluster.sbatch(["-N3", "--exclusive", "--ntasks-per-node=1", "-t", "3", "-o",
-                            "out.txt", str(SBATCH), str(DATA / "where-spread.yaml"), "--",
+                            "out.txt", str(SBATCH), str(batch), "--",
                             *host_program(12)], tmp_path,
                            env={"COLOCATE_SLURM_LAUNCHER": launcher})
     info = cluster.wait_job(jobid, 150)
@@ -86,7 +95,8 @@ def test_attach_to_a_running_three_node_job(cluster, tmp_path, wait_until):
             (tmp_path / "host.txt").read_text() if (tmp_path / "host.txt").exists() else ""
         )) == 3, 90, "the host job's three tasks running")
         env = cluster.environ(COLOCATE_SPARE_CORES="1")
-        out = cluster.on("vnode1", ["bash", str(ATTACH), jobid, str(DATA / "where-spread.yaml")],
+        batch = data_copy(tmp_path, "where-spread.yaml")
+        out = cluster.on("vnode1", ["bash", str(ATTACH), jobid, str(batch)],
                          cwd=tmp_path, env=env, timeout=150, check=False)
         recs = records(tmp_path / "runs" / "where-spread")
         assert out.returncode == 0, out.stdout + out.stderr
@@ -101,8 +111,9 @@ def test_attach_to_a_running_three_node_job(cluster, tmp_path, wait_until):
 
 def test_warning_signal_drains_across_nodes(cluster, tmp_path, wait_until):
     """`scancel --signal=TERM --batch` stands in for Slurm's --signal=B:TERM@N warning."""
+    batch = data_copy(tmp_path, "where-slow.yaml")
     jobid = cluster.sbatch(["-N3", "--exclusive", "--ntasks-per-node=1", "-t", "3", "-o",
-                            "out.txt", str(SBATCH), str(DATA / "where-slow.yaml"), "--",
+                            "out.txt", str(SBATCH), str(batch), "--",
                             *host_program(20)], tmp_path,
                            env={"COLOCATE_SERVER_DRAIN_GRACE": "3"})
     run_dir = tmp_path / "runs" / "where-slow"
@@ -129,7 +140,8 @@ def test_warning_signal_drains_across_nodes(cluster, tmp_path, wait_until):
 def test_one_cpu_job_is_told_what_to_add(cluster, tmp_path):
     """`sbatch -N 1 --ntasks-per-node=1` without --exclusive: Slurm gives the job one CPU."""
     jobid = cluster.sbatch(["-N1", "--ntasks-per-node=1", "-t", "1", "-o", "out.txt",
-                            str(SBATCH), str(DATA / "where.yaml"), "--", "true"], tmp_path)
+                            str(SBATCH), str(data_copy(tmp_path, "where.yaml")), "--", "true"],
+                           tmp_path)
     info = cluster.wait_job(jobid, 60)
     out = (tmp_path / "out.txt").read_text()
     assert info["ExitCode"] == "2:0", out
