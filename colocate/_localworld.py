@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import logging
 import os
 import shlex
@@ -87,16 +88,29 @@ class LocalWorld:
         delay = 0.005
         while not os.path.exists(self.path):
             if self.proc.poll() is not None:
+                reasons = self._reasons()
                 self.stop()
+                tail = self.tail()
                 raise ServerUnavailable(f"the local world exited with code "
-                                        f"{self.proc.returncode} before it was ready:\n"
-                                        f"{self.tail()}")
+                                        f"{self.proc.returncode} before it was ready:\n{tail}"
+                                        + "".join(r for r in reasons if r not in tail))
             if time.monotonic() > deadline:
                 self.stop(timeout=5.0)
                 raise ServerUnavailable(f"the local world was not ready within {timeout:g} s "
                                         f"(raise client.start_timeout):\n{self.tail()}")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.05)
+
+    def _reasons(self) -> list[str]:
+        """What ranks that ended the world wrote beside the address (``cli._leave_reason``).
+
+        MPI_Abort can end mpiexec before it has passed on the ranks' last output.
+        """
+        found = []
+        for path in sorted(glob.glob(os.path.join(self.dir, "serve-error-*"))):
+            with contextlib.suppress(OSError), open(path) as f:
+                found.append(f.read())
+        return found
 
     def tail(self, lines: int = 20) -> str:
         """The last lines of the world's output."""

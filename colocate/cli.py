@@ -9,6 +9,7 @@ the world broke: ``colocate run --resume RUN_DIR``); 130 stopped by a second Ctr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -171,6 +172,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _leave_reason(address_file: str | None, rank: int, size: int, what: str) -> None:
+    """Write why this rank ends a local world beside its address file (``serve-error-*``)."""
+    if not address_file:
+        return
+    path = os.path.join(os.path.dirname(os.path.abspath(address_file)), f"serve-error-{rank}")
+    with contextlib.suppress(OSError), open(path, "w") as f:
+        f.write(f"colocate serve: error on rank {rank} of {size}: {what}\n"
+                "colocate serve: ending the whole world\n")
+
+
 def _join(args: argparse.Namespace) -> int:
     import mpi4py
     mpi4py.rc.initialize = False   # a joined worker is not an MPI process: never start MPI
@@ -212,6 +223,8 @@ def _serve(args: argparse.Namespace) -> int:
         what = str(e) if isinstance(e, ColocateError) else f"{type(e).__name__}: {e}"
         print(f"colocate serve: error on rank {rank} of {size}: {what}\n"
               "colocate serve: ending the whole world", file=sys.stderr, flush=True)
+        if args.owner is not None:   # a local world: its owner reads this even when MPI_Abort
+            _leave_reason(args.address_file, rank, size, what)   # beats the output forwarding
         if not isinstance(e, ColocateError):
             import traceback
             traceback.print_exc()
