@@ -85,5 +85,7 @@ def test_host_failure_wins_and_a_dead_world_is_reported(tmp_path):
 
 
 def test_bad_layout_is_explained(tmp_path):
-    rc, out = finish(start(tmp_path, COLOCATE_HOST_NCORES=str(len(os.sched_getaffinity(0)))))
-    assert rc == 2 and "so that the host job has a core and at least one is left" in out, out
+    n = len(os.sched_getaffinity(0))
+    rc, out = finish(start(tmp_path, COLOCATE_HOST_NCORES=str(n)))
+    assert rc == 2 and f"the host job uses {n} CPUs (COLOCATE_HOST_NCORES={n})" in out, out
+    assert "so no CPU is left for colocate" in out and "COLOCATE_HOST_NCORES to fewer" in out
