@@ -162,12 +162,18 @@ def test_an_idle_group_yields_its_core_to_a_process_outside_it(manager, procs):
     """The host's process competes with our topmost group: it must win nearly all the core."""
     core = max(os.sched_getaffinity(0))
     group = manager.create("yielding", cpu_weight_idle=True)
-    ours, host = (subprocess.Popen([sys.executable, "-c", SPIN, str(core)],
-                                   stdout=subprocess.PIPE, text=True) for _ in range(2))
-    procs.extend([ours, host])
+    # Each spinner is started and running before the next step: ours, once in its idle group
+    # beside a spinning host, gets too little of the core to even start Python.
+    ours = subprocess.Popen([sys.executable, "-c", SPIN, str(core)], stdout=subprocess.PIPE,
+                            text=True)
+    procs.append(ours)
+    assert ours.stdout.readline()
     group.add(ours.pid)
     os.sched_setaffinity(ours.pid, {core})   # joining a v1 cpuset resets the affinity
-    assert ours.stdout.readline() and host.stdout.readline()
+    host = subprocess.Popen([sys.executable, "-c", SPIN, str(core)], stdout=subprocess.PIPE,
+                            text=True)
+    procs.append(host)
+    assert host.stdout.readline()
     before = cpu_time(ours.pid), cpu_time(host.pid)
     time.sleep(1.0)   # a measuring window, not a wait for a condition
     got_ours, got_host = (cpu_time(p.pid) - b for p, b in zip((ours, host), before, strict=True))
