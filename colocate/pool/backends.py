@@ -193,19 +193,9 @@ class Slurm:
         """``squeue`` of the pool's jobs still known to Slurm."""
         return ["squeue", "--noheader", f"--name={t.name}", "--format=%i|%T|%N"]
 
-    def jobs(self, out: str) -> list[JobState]:
-        """The jobs in the output of :meth:`query`."""
-        found = []
-        for line in out.splitlines():
-            if not line.strip():
-                continue
-            parts = line.strip().split("|")
-            if len(parts) != 3 or not parts[0]:
-                raise _unreadable("squeue's jobs", "'ID|STATE|NODES' lines", out)
-            jobid, state, nodes = parts
-            found.append(JobState(jobid, _state(state.upper(), _SLURM_STATES),
-                                  tuple(_slurm_hosts(nodes))))
-        return found
+    def jobs(self, out: str, name: str | None = None) -> list[JobState]:
+        """The jobs in the output of :meth:`query` (which already picked them by ``name``)."""
+        return _job_lines(out, "squeue's jobs", _SLURM_STATES)
 
     def idle(self, t: JobTemplate) -> Cmd:
         """``sinfo`` of the idle, responding nodes where the pool's jobs may go."""
@@ -215,6 +205,20 @@ class Slurm:
     def idle_nodes(self, out: str) -> int:
         """How many nodes the output of :meth:`idle` names (a node of two partitions once)."""
         return len({line.strip() for line in out.splitlines() if line.strip()})
+
+
+def _job_lines(out: str, what: str, states: Mapping[str, set[str]]) -> list[JobState]:
+    """Jobs from ``ID|STATE|NODES`` lines (squeue's and flux jobs' formats of :meth:`query`)."""
+    found = []
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        parts = line.strip().split("|")
+        if len(parts) != 3 or not parts[0]:
+            raise _unreadable(what, "'ID|STATE|NODES' lines", out)
+        jobid, state, nodes = parts
+        found.append(JobState(jobid, _state(state.upper(), states), tuple(_slurm_hosts(nodes))))
+    return found
 
 
 def _slurm_hosts(nodes: str) -> list[str]:
@@ -334,19 +338,9 @@ class Flux:
         return ["flux", "jobs", "--no-header", f"--name={t.name}",
                 "--format={id.f58}|{state}|{nodelist}"]
 
-    def jobs(self, out: str) -> list[JobState]:
-        """The jobs in the output of :meth:`query`."""
-        found = []
-        for line in out.splitlines():
-            if not line.strip():
-                continue
-            parts = line.strip().split("|")
-            if len(parts) != 3:
-                raise _unreadable("flux jobs", "'ID|STATE|NODES' lines", out)
-            jobid, state, nodes = parts
-            found.append(JobState(jobid, _state(state.upper(), _FLUX_STATES),
-                                  tuple(_slurm_hosts(nodes))))   # Flux writes host lists alike
-        return found
+    def jobs(self, out: str, name: str | None = None) -> list[JobState]:
+        """The jobs in the output of :meth:`query` (which already picked them by ``name``)."""
+        return _job_lines(out, "flux jobs", _FLUX_STATES)   # Flux writes host lists alike
 
     def idle(self, t: JobTemplate) -> Cmd:
         """``flux resource list`` of the free nodes."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backends import PBS, JobState, JobTemplate, backend
+from .backends import JobState, JobTemplate, backend
 from .policy import Cancel, Job, Policy, Submit, View, decide
 
 log = logging.getLogger("colocate.pool")
@@ -93,12 +93,11 @@ class PoolManager:
         self.clock = clock
         self.submitted: dict[str, float] = {}   # job id -> when this manager submitted it
         self.jobs: list[JobState] = []           # as the batch system last listed them
-        self.failures = 0                        # commands that failed in a row
         self.joined_ever: set[str] = set()       # jobs some worker of which has joined
         self.failed_jobs = 0                     # jobs in a row that ended with none joined
         self.hold_until = 0.0                    # no submission before this time
         self.cancelled: set[str] = set()         # jobs this manager cancelled
-        self.policy_interval = float(pool.get("interval", 5.0))
+        self.interval = float(pool["interval"])  # the hold after failed jobs grows from it
 
     @property
     def enabled(self) -> bool:
@@ -145,7 +144,7 @@ class PoolManager:
             return
         self.failed_jobs += 1
         if self.failed_jobs >= FAILED_IN_A_ROW:
-            hold = min(HOLD_MAX, self.policy_interval * 2 ** self.failed_jobs)
+            hold = min(HOLD_MAX, self.interval * 2 ** self.failed_jobs)
             self.hold_until = now + hold
             where = f" (its output: {self.template.output})" if self.template.output else ""
             log.error("pool: job %s ended before any of its workers joined, %d such job(s) in a "
@@ -172,11 +171,9 @@ class PoolManager:
     def _call(self, cmd: Sequence[str], what: str) -> str | None:
         done = self.run(cmd)
         if done.code != 0:
-            self.failures += 1
             log.warning("pool: %s failed (exit %d): %s; trying again on the next tick", what,
                         done.code, (done.err or done.out).strip()[-400:])
             return None
-        self.failures = 0
         return done.out
 
     def _list(self) -> list[JobState] | None:
@@ -184,9 +181,7 @@ class PoolManager:
         if out is None:
             return None
         try:
-            if isinstance(self.backend, PBS):
-                return self.backend.jobs(out, name=self.template.name)
-            return self.backend.jobs(out)
+            return self.backend.jobs(out, name=self.template.name)
         except ValueError as e:
             log.warning("pool: %s", e)
             return None
