@@ -20,11 +20,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from colocate.testing import wait_until
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -40,19 +41,6 @@ _MPI_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPICH_", "I_MPI_"
 # up.sh exits 1 with "cluster: cannot ..." for what this machine does not allow or lacks (skip),
 # and 2 when it could set up but the nodes never got idle (a failure).
 CANNOT = 1
-
-
-def bounded_wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll with a growing interval until ``predicate()`` is true; fail after ``timeout`` s."""
-    deadline, interval = time.monotonic() + timeout, 0.05
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.5)
 
 
 class Cluster:
@@ -221,7 +209,7 @@ class SrunWorld:
                 pytest.fail(f"the world exited with code {self.proc.returncode} before it was "
                             f"ready:\n{self.log()}")
             return self.address.exists()
-        bounded_wait(written, timeout, f"the address file {self.address}")
+        wait_until(written, timeout, f"the address file {self.address}", 0.05, 0.5)
         return self
 
     def read_address(self) -> dict:
@@ -285,5 +273,5 @@ def srun_world(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory):
     yield start
     for w in worlds:
         w.stop()
-    bounded_wait(cluster.idle, 60, "every node of the cluster idle again")
+    wait_until(cluster.idle, 60, "every node of the cluster idle again", 0.05, 0.5)
 

@@ -57,17 +57,13 @@ def sha_of(a):
     return socket.gethostname(), hashlib.sha256(np.ascontiguousarray(a).view(np.uint8)).hexdigest()
 
 
-def wait_for_file(path, _ref=None, timeout=60.0):
+def host_after_file(path, _ref=None, timeout=60.0):
     """Runs in a task: block (bounded) until ``path`` exists; return where it ran."""
-    import os
     import socket
-    import time
-    deadline, delay = time.monotonic() + timeout, 0.01
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout} s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
+
+    from colocate.testing import wait_for_file
+    if not wait_for_file(path, timeout):
+        raise TimeoutError(f"{path} did not appear within {timeout} s")
     return socket.gethostname()
 
 
@@ -138,7 +134,7 @@ def test_task_argument_from_another_node(world, tmp_path, wait_until):
     with colocate.Executor(address=world.address) as ex:
         ref = ex.put(a, node="vnode3")
         # Placement prefers the Ref's node: the blocker (it takes the Ref) goes to vnode3 ...
-        blocker = ex.submit(wait_for_file, release, ref)
+        blocker = ex.submit(host_after_file, release, ref)
         try:
             wait_until(lambda: any(w["node"] == "vnode3" and w["current"] is not None
                                       for w in ex.status()["workers"]), 30,

@@ -11,6 +11,7 @@ import pytest
 
 from colocate.colocation import _cgroupfs, cgroups
 from colocate.colocation.cgroups import CgroupError, CgroupManager, Mount
+from colocate.testing import wait_until
 
 MANAGER = CgroupManager.detect()
 needs_cgroups = pytest.mark.skipif(
@@ -44,14 +45,6 @@ def spawn(procs, code):
                          stdout=subprocess.PIPE, text=True)
     procs.append(p)
     return p
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def cpu_time(pid):
@@ -101,7 +94,7 @@ def test_freeze_stops_cpu_time_and_thaw_restarts_it(manager, procs):
     group.add(p.pid)
     assert p.stdout.readline().strip() == "ready"
     start = cpu_time(p.pid)
-    wait_for(lambda: cpu_time(p.pid) > start + 0.05, 10, "the busy child to run")
+    wait_until(lambda: cpu_time(p.pid) > start + 0.05, 10, "the busy child to run")
 
     group.freeze()
     assert group.frozen
@@ -111,7 +104,7 @@ def test_freeze_stops_cpu_time_and_thaw_restarts_it(manager, procs):
 
     group.thaw()
     assert not group.frozen
-    wait_for(lambda: cpu_time(p.pid) > frozen_at + 0.05, 10, "CPU time to advance after thaw")
+    wait_until(lambda: cpu_time(p.pid) > frozen_at + 0.05, 10, "CPU time to advance after thaw")
 
 
 @needs_cgroups
@@ -251,7 +244,7 @@ def test_cleanup_stale_thaws_the_frozen_child_of_a_killed_rank(manager, procs):
         assert psutil.pid_exists(child) and _cgroupfs.procs(group) == [child]   # stuck
         removed = manager.cleanup_stale()
         assert group in removed and stale in removed
-        wait_for(lambda: not psutil.pid_exists(child), 5, "the thawed orphan to die")
+        wait_until(lambda: not psutil.pid_exists(child), 5, "the thawed orphan to die")
     finally:
         _cgroupfs.thaw_dir(group)
         for d in (group, stale):

@@ -35,6 +35,7 @@ import psutil
 import pytest
 
 import colocate
+from colocate.testing import mark_and_wait, wait_for_file
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -51,22 +52,6 @@ HANDED_OVER = 2
 # ----- remote functions ------------------------------------------------------------------------
 def square(x):
     return x * x
-
-
-def wait_for_file(path, limit=60.0):
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    return True
-
-
-def block(started, release, value):
-    """Say we started (a file), then wait for the release file; returns ``value``."""
-    Path(started).touch()
-    wait_for_file(release)
-    return value
 
 
 def record(directory, value):
@@ -95,7 +80,7 @@ def first_blocks(directory, release, value):
     """Call 0 blocks until released; every call leaves a trace."""
     Path(directory, f"ran-{value}").touch()
     if value == 0:
-        wait_for_file(release)
+        wait_for_file(release, 60.0)
     time.sleep(0.01)
     return value
 
@@ -156,7 +141,7 @@ def busy(make_executor, tmp_path, release, wait_until):
     """``(executor, blocker)``: the executor's one worker runs ``blocker`` until released."""
     ex = make_executor()
     started = tmp_path / "started"
-    blocker = ex.submit(block, str(started), str(release), "blocker")
+    blocker = ex.submit(mark_and_wait, str(started), str(release), "blocker", 60.0)
     wait_until(started.exists, RESULT_TIMEOUT, "the blocking task to start")
     return ex, blocker
 

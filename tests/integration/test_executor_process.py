@@ -20,6 +20,7 @@ import pytest
 from colocate._frames import PIPE_SIZE
 from colocate.executor import ExecutorProcess
 from colocate.messages import FunctionPickler, Status, Work, dumps, loads
+from colocate.testing import wait_for_file
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -29,11 +30,9 @@ BOUND = 30.0   # seconds any wait on the child may take (a hang fails, never blo
 
 
 # ----- remote functions --------------------------------------------------------------------------
-def wait_for_file(path, value):
+def value_after_file(path, value):
     """Block until ``path`` exists (bounded); returns ``value``."""
-    deadline = time.monotonic() + BOUND
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_for_file(path, BOUND)
     return value
 
 
@@ -93,7 +92,7 @@ def child():
 def test_work_larger_than_the_pipe_never_blocks_the_rank(child, tmp_path):
     drv = Driver(child)
     release = tmp_path / "release"
-    child.send([drv.work(wait_for_file, str(release), "first")], drv.fn_store)
+    child.send([drv.work(value_after_file, str(release), "first")], drv.fn_store)
     big = os.urandom(4 * PIPE_SIZE)
     started = time.monotonic()
     for _ in range(3):   # the child computes: none of this may wait for it

@@ -26,6 +26,7 @@ import pytest
 
 import colocate
 from colocate import Executor, TaskInterrupted
+from colocate.testing import mark_and_wait, wait_for_file
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -43,23 +44,6 @@ def square(x):
 
 def add(x, y):
     return x + y
-
-
-def wait_for_file(path, limit=30.0):
-    """Block until ``path`` exists (bounded); returns True if it appeared."""
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-def mark_and_wait(started, release, value):
-    """Say we started (a file), then wait for the release file; returns ``value``."""
-    Path(started).touch()
-    wait_for_file(release)
-    return value
 
 
 def sleep_and_return(seconds, value):

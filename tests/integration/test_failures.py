@@ -31,6 +31,7 @@ from colocate import (
     TaskTimeout,
     WorkerCrashed,
 )
+from colocate.testing import crash_at, mark_and_wait, wait_for_file
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -113,25 +114,11 @@ def square(x):
     return x * x
 
 
-def wait_for_file(path, limit=20.0):
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-def mark_and_wait(started, release):
-    Path(started).touch()
-    return wait_for_file(release)
-
-
 def meet(mine, other):
     """Finish only when the other task of the pair runs at the same time."""
     Path(mine).touch()
     time.sleep(0.01)   # keeps the function "long": never sent ahead, one per worker
-    return wait_for_file(other)
+    return wait_for_file(other, 20.0)
 
 
 def attempt(log, fail_first_with=None):
@@ -160,12 +147,6 @@ class LockedError(Exception):
 
 def raise_locked():
     raise LockedError("holds a lock")
-
-
-def crash_at(i, bad):
-    if i == bad:
-        os._exit(9)
-    return i
 
 
 # ----- fixtures ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 import colocate
 from colocate.colocation.cgroups import CgroupManager
 from colocate.colocation.guard import FreezerAction, Guard, HostLoadSampler, SignalAction
+from colocate.testing import wait_until
 
 PKG_ROOT = str(Path(colocate.__file__).parent.parent)
 CORE = 1
@@ -48,14 +49,6 @@ def start(procs, code, **kw):
     return p
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def cpu_time(pid):
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system
@@ -70,7 +63,7 @@ def advancing(pid, by=0.05):
 def test_sampler_subtracts_exactly_our_executor_time(procs):
     # Normal priority so the executor gets a good share even if other work shares the core.
     executor = start(procs, BUSY.format(core=CORE, extra=""))
-    wait_for(advancing(executor.pid), 10, "the executor to run")
+    wait_until(advancing(executor.pid), 10, "the executor to run")
     ours = HostLoadSampler([CORE], lambda: [executor.pid])
     everything = HostLoadSampler([CORE])  # counts every process on the core as host
     before = cpu_time(executor.pid)
@@ -103,31 +96,31 @@ def test_guard_pauses_executor_under_host_load_and_resumes_after(procs, action):
         acts = SignalAction(lambda core: [executor.pid] if core == CORE else [])
     guard = Guard.from_settings(SETTINGS, [CORE], lambda: [executor.pid], acts.pause, acts.resume)
     try:
-        wait_for(advancing(executor.pid), 10, "the executor to run")
+        wait_until(advancing(executor.pid), 10, "the executor to run")
         guard.start()
 
         host = start(procs, HOST, start_new_session=True)
-        wait_for(lambda: CORE in guard.paused, 10, "the guard to pause the core")
+        wait_until(lambda: CORE in guard.paused, 10, "the guard to pause the core")
         if action == "freeze":
-            wait_for(lambda: group.frozen, 5, "the group to freeze")
+            wait_until(lambda: group.frozen, 5, "the group to freeze")
         else:
-            wait_for(lambda: psutil.Process(executor.pid).status() == psutil.STATUS_STOPPED,
-                     5, "the executor to stop")
+            wait_until(lambda: psutil.Process(executor.pid).status() == psutil.STATUS_STOPPED,
+                       5, "the executor to stop")
         paused_at = cpu_time(executor.pid)
-        wait_for(advancing(host.pid, 0.3), 10, "the host to run")
+        wait_until(advancing(host.pid, 0.3), 10, "the host to run")
         assert cpu_time(executor.pid) == paused_at  # paused: not a tick while the host ran
 
         host.kill()
         host.wait(5)
         try:
-            wait_for(lambda: CORE not in guard.paused, 10, "the guard to resume the core")
-        except pytest.fail.Exception:
+            wait_until(lambda: CORE not in guard.paused, 10, "the guard to resume the core")
+        except TimeoutError:
             other = ambient_load([executor.pid])
             if other >= SETTINGS["resume_below"]:
                 pytest.skip(f"other processes use {other:.0%} of core {CORE}: the guard rightly "
                             "keeps the executor paused (shared machine)")
             raise
-        wait_for(advancing(executor.pid), 10, "the executor to run again")
+        wait_until(advancing(executor.pid), 10, "the executor to run again")
     finally:
         guard.stop()
         executor.kill()

@@ -22,6 +22,7 @@ from colocate import Executor, SerializationError, TaskTimeout, WorkerCrashed, W
 from colocate.bell import answer, listen
 from colocate.messages import Lease, LeaseOver, Submit
 from colocate.stream import Stream
+from colocate.testing import crash
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -36,10 +37,6 @@ def add(a, b=0):
 
 def fail(msg):
     raise KeyError(msg)
-
-
-def crash():
-    os._exit(13)
 
 
 def nap(s):

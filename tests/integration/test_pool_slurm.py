@@ -18,6 +18,7 @@ from test_slurm import slurm  # noqa: F401  (the session's real Slurm)
 
 from colocate import config
 from colocate.pool import JobTemplate, backend
+from colocate.testing import wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(120)]
 
@@ -26,17 +27,6 @@ def run(cmd: list[str]) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, f"{shlex.join(cmd)}: {done.stderr}"
     return done.stdout
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline, pause = time.monotonic() + timeout, 0.05
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(pause)
-        pause = min(pause * 2, 0.5)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def test_a_pool_job_is_submitted_found_counted_and_cancelled_with_a_warning(slurm,  # noqa: F811
@@ -55,12 +45,12 @@ def test_a_pool_job_is_submitted_found_counted_and_cancelled_with_a_warning(slur
 
     jobid = s.job_id(run(s.submit(t, worker)))
     try:
-        started = wait_for(lambda: marks.exists() and marks.read_text(), 60,
-                           "the pool job's worker to start")
+        started = wait_until(lambda: marks.exists() and marks.read_text(), 60,
+                             "the pool job's worker to start")
         host, seen_id = started.split()[1:3]
         assert seen_id == jobid
-        [job] = wait_for(lambda: [j for j in s.jobs(run(s.query(t))) if j.state == "running"],
-                         30, "squeue to list the job as running")
+        [job] = wait_until(lambda: [j for j in s.jobs(run(s.query(t))) if j.state == "running"],
+                           30, "squeue to list the job as running")
         assert (job.id, job.nodes) == (jobid, (host,))
         # The node now runs a job: it is no longer idle for the pool to grow into.
         assert s.idle_nodes(run(s.idle(t))) == idle_before - 1
@@ -69,8 +59,8 @@ def test_a_pool_job_is_submitted_found_counted_and_cancelled_with_a_warning(slur
     finally:
         subprocess.run(s.cancel([jobid]), timeout=30)
     # scancel warns the worker with SIGTERM (what preemption does) before it ends the job.
-    wait_for(lambda: "term" in marks.read_text(), 30, "the worker's SIGTERM on cancel")
-    wait_for(lambda: not s.jobs(run(s.query(t))), 60, "squeue to list no pool job")
+    wait_until(lambda: "term" in marks.read_text(), 30, "the worker's SIGTERM on cancel")
+    wait_until(lambda: not s.jobs(run(s.query(t))), 60, "squeue to list no pool job")
 
 
 def _pool(tmp_path: Path, **settings) -> dict:
@@ -95,26 +85,26 @@ def test_the_manager_grows_to_max_jobs_shrinks_when_idle_and_stop_cancels_all(
         assert grow.count == 1
         [jid] = manager.submitted
         assert f"pool: submitted job {jid}: 5 task(s) queued" in caplog.text
-        [job] = wait_for(lambda: s.jobs(run(s.query(manager.template))), 30,
-                         "squeue to list the pool's job")
+        [job] = wait_until(lambda: s.jobs(run(s.query(manager.template))), 30,
+                           "squeue to list the pool's job")
         assert job.id == jid
         # max_jobs 1: more work submits nothing more.
         assert manager.tick(queued=500, free_cores=0) == []
-        wait_for(lambda: manager.tick(queued=0, free_cores=1) == [] and
-                 manager.jobs[0].state == "running", 30, "the job to run")
+        wait_until(lambda: manager.tick(queued=0, free_cores=1) == [] and
+                   manager.jobs[0].state == "running", 30, "the job to run")
         # Idle past idle_timeout with nothing queued: cancelled, with the reason.
         now[0] += 100
         [cancel] = manager.tick(queued=0, free_cores=1,
                                 joined={jid: Joined(cores=1, idle_since=now[0] - 90)})
         assert cancel.job == jid
         assert f"pool: cancelled job {jid}: idle for 90 s" in caplog.text
-        wait_for(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to end")
+        wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to end")
         # Grown again, then the world stops: stop() cancels every job of the pool.
         manager.tick(queued=5, free_cores=0)
         [again] = manager.submitted
         assert manager.stop() == [again]
-        wait_for(lambda: not s.jobs(run(s.query(manager.template))), 60,
-                 "no pool job after stop()")
+        wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60,
+                   "no pool job after stop()")
     finally:
         ids = [j.id for j in s.jobs(run(s.query(manager.template)))]
         if ids:
@@ -159,22 +149,22 @@ def test_a_world_grows_a_pool_into_slurm_and_gives_it_back(slurm, world_factory,
         with colocate.Executor(address=world.address) as ex:
             # A backlog on one worker rank: the pool submits a job, whose workers join.
             futures = [ex.submit(_record, str(trace), i, 0.3) for i in range(40)]
-            wait_for(lambda: any(w["rank"] >= 2 for w in ex.status()["workers"]), 90,
-                     "a worker of the pool's job to join")
+            wait_until(lambda: any(w["rank"] >= 2 for w in ex.status()["workers"]), 90,
+                       "a worker of the pool's job to join")
             [job] = ex.status()["pool"] or [None]
             assert job is None or job["state"] in {"pending", "running"}
             for f in futures:
                 f.result(timeout=120)
             assert {f.info.rank for f in futures} - {1}, "no task ran on a pool worker"
             # Idle past pool.idle_timeout: the job is cancelled, its workers leave cleanly.
-            wait_for(lambda: not s.jobs(run(s.query(t))), 90, "the idle pool job to end")
-            wait_for(lambda: [w["rank"] for w in ex.status()["workers"]] == [1], 60,
-                     "the pool's workers to leave")
+            wait_until(lambda: not s.jobs(run(s.query(t))), 90, "the idle pool job to end")
+            wait_until(lambda: [w["rank"] for w in ex.status()["workers"]] == [1], 60,
+                       "the pool's workers to leave")
             # A new backlog grows it again, and stopping the world cancels it.
             more = [ex.submit(_record, str(trace), 100 + i, 0.3) for i in range(40)]
-            wait_for(lambda: s.jobs(run(s.query(t))), 60, "a second pool job")
+            wait_until(lambda: s.jobs(run(s.query(t))), 60, "a second pool job")
         world.stop()
-        wait_for(lambda: not s.jobs(run(s.query(t))), 60, "no pool job after the world stopped")
+        wait_until(lambda: not s.jobs(run(s.query(t))), 60, "no pool job after the world stopped")
     finally:
         ids = [j.id for j in s.jobs(run(s.query(t)))]
         if ids:
@@ -209,7 +199,7 @@ def test_jobs_that_end_before_a_worker_joins_make_the_pool_hold_off(slurm, tmp_p
     for _ in range(2):
         [grow] = manager.tick(queued=5, free_cores=0)
         assert grow.count == 1
-        wait_for(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to fail")
+        wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to fail")
         now[0] += 1
     # Both ended with no worker joined: the second makes the pool hold off, and say why.
     assert manager.tick(queued=5, free_cores=0) == [] and manager.submitted == {}
@@ -259,16 +249,16 @@ def test_a_batch_job_preempts_the_pool_and_no_task_is_lost_or_run_twice(
     try:
         with colocate.Executor(address=world.address) as ex:
             futures = [ex.submit(_record, str(trace), i, 1.0) for i in range(24)]
-            wait_for(lambda: any(f.done() and f.info.rank >= 2 for f in futures), 120,
-                     "a task done by a worker of the pool's job")
+            wait_until(lambda: any(f.done() and f.info.rank >= 2 for f in futures), 120,
+                       "a task done by a worker of the pool's job")
             [pool_job] = s.jobs(run(s.query(t)))
             # A real job wants the whole node: Slurm preempts the pool job (SIGTERM, then
             # GraceTime), its workers leave, and their tasks finish or go back.
             batch = run(["sbatch", "--parsable", "--partition=debug", "--exclusive",
                          f"--chdir={tmp_path}", "--wrap=sleep 2"]).strip().split(";")[0]
-            wait_for(lambda: "JobState=RUNNING" in run(["scontrol", "-o", "show", "job", batch])
-                     or "JobState=COMPLETED" in run(["scontrol", "-o", "show", "job", batch]),
-                     grace + 60, "the batch job to start")
+            wait_until(lambda: "JobState=RUNNING" in run(["scontrol", "-o", "show", "job", batch])
+                       or "JobState=COMPLETED" in run(["scontrol", "-o", "show", "job", batch]),
+                       grace + 60, "the batch job to start")
             results = [f.result(timeout=120) for f in futures]   # none failed or lost
         info = run(["scontrol", "-o", "show", "job", batch])
         submitted, started = (time.mktime(time.strptime(re.search(rf"{k}=(\S+)", info)[1],

@@ -25,30 +25,13 @@ from colocate import (
     TaskInterrupted,
     WorkerCrashed,
 )
+from colocate.testing import crash, mark_and_wait
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(90)
 
 BOUND = 30.0
-
-
-def crash():
-    os._exit(13)
-
-
-def wait_for_file(path, limit=30.0):
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-def mark_and_wait(started, release):
-    open(started, "w").close()
-    return wait_for_file(release)
 
 
 # ----- the address file and status --------------------------------------------------------------

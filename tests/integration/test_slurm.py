@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from colocate import launch as L
+from colocate.testing import wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
 
@@ -92,15 +93,6 @@ def wait_job(jobid, timeout) -> dict:
         time.sleep(0.3)
     subprocess.run(["scancel", jobid], timeout=20)
     pytest.fail(f"job {jobid} still {job_info(jobid).get('JobState')} after {timeout} s")
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -206,7 +198,7 @@ def test_attach_to_a_running_job(slurm, colocate_cli, tmp_path):
     host = L.slurm_host_step(host_program(20), [0], 1, 1)
     jobid = sbatch(["-N1", "--exclusive", "-t", "2", "-o", "host.txt", "--wrap",
                     L.shell_join(host)], tmp_path)
-    wait_for(lambda: job_info(jobid).get("JobState") == "RUNNING", 60, "the host job to run")
+    wait_until(lambda: job_info(jobid).get("JobState") == "RUNNING", 60, "the host job to run")
     batch = data_copy(tmp_path, "where.yaml")
     out = subprocess.run(["bash", str(ATTACH), jobid, str(batch)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120,
@@ -241,8 +233,8 @@ def test_warning_signal_drains_colocate(slurm, colocate_cli, tmp_path):
                     *host_program(15)],
                    tmp_path, env=DRAIN_ENV)
     run_dir = tmp_path / "runs" / "where-slow"
-    wait_for(lambda: sum(r["status"] == "ok" for r in records(run_dir)) >= 4, 90,
-             "the four quick tasks")
+    wait_until(lambda: sum(r["status"] == "ok" for r in records(run_dir)) >= 4, 90,
+               "the four quick tasks")
     subprocess.run(["scancel", "--signal=TERM", "--batch", jobid], check=True, timeout=20)
     info = wait_job(jobid, 90)
     out = (tmp_path / "out.txt").read_text()

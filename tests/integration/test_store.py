@@ -19,6 +19,7 @@ import pytest
 
 import colocate
 from colocate import Executor, ObjectLost, Ref, StoreFull, WorkerCrashed
+from colocate.testing import crash
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import tests
 
@@ -52,10 +53,6 @@ def keep_and_fail(n):
     import colocate
     colocate.keep(np.ones(n))
     raise ValueError("after keep")
-
-
-def crash():
-    os._exit(3)
 
 
 # ----- helpers -----------------------------------------------------------------------------------
@@ -234,7 +231,7 @@ def test_the_store_survives_a_crashing_executor(server):
         refs = [ex.put(a, node=None) for _ in range(2)]   # one per worker (least held)
         for _ in range(2):
             with pytest.raises(WorkerCrashed):
-                ex.submit(crash).result(WAIT)
+                ex.submit(crash, 3).result(WAIT)
         for ref in refs:
             assert np.array_equal(ref.get(), a)
             assert ex.submit(describe, ref).result(WAIT)["sum"] == a.sum()
