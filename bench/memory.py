@@ -142,7 +142,7 @@ def bound(tasks: int, workdir: Path) -> dict:
             done.set()
             sampler.join(30)
             end = rss(rank0)
-            limit = ex._conn.max_inflight
+            limit = ex.status()["client"]["max_inflight"]
         return {"tasks": n, "seconds": took, "max_inflight": limit,
                 "rank0_rss_start_mib": start / MIB, "rank0_rss_peak_mib": peak["rss"] / MIB,
                 "rank0_rss_end_mib": end / MIB, "peak_queued": peak["queued"]}

@@ -430,7 +430,7 @@ def run(args: argparse.Namespace) -> dict:
                                f"0-{args.workers}: {world.log()}")
         worker_ranks = set(ranks) - {0}
         ex = colocate.Executor(address=world.address)
-        result["max_inflight"] = ex._conn.max_inflight
+        result["max_inflight"] = ex.status()["client"]["max_inflight"]
         tally = Tally(plan, worker_ranks)
         monitor = Monitor(ranks, tally, args.sample_every)
         rss_start = rss(ranks[0])

@@ -562,6 +562,12 @@ class Connection(StoreClient):
                     self.replies.append(msg)
                     self.reply_ready.notify_all()
 
+    def client_status(self) -> dict:
+        """This client's side of ``Executor.status()``: ``max_inflight`` and its ``lease``."""
+        link = self.lease
+        return {"max_inflight": self.max_inflight,
+                "lease": None if link is None else {"id": link.lease, "rank": link.rank}}
+
     # ----- the leased worker ---------------------------------------------------------------------
     def _take_lease(self, offer: Lease) -> None:
         """Connect to the worker slot rank 0 leased us (at once: our next lone task goes there)."""

@@ -271,6 +271,7 @@ def _status(args: argparse.Namespace) -> int:
     ex = Executor(address=_need_address(args))
     try:
         st = ex.status()
+        del st["client"]   # this command's own client: not the world's state
     finally:
         ex.shutdown()
     if args.json:

@@ -205,8 +205,20 @@ class Executor(cf.Executor):
         return self._conn.slots
 
     def status(self, timeout: float = 30.0) -> dict:
-        """The server's view: workers, their state and counts, the queue."""
-        return self._conn.request(StatusRequest(), StatusReply, timeout).status
+        """The server's view: workers, their state and counts, the queue; and this client's.
+
+        The server's keys are what ``colocate status --json`` prints (``workers``, ``queued``,
+        ``running``, ``leases``, ``store``, ...). ``client`` is this client's side:
+
+        - ``max_inflight``: the tasks the server lets this client keep in flight there (the
+          world's ``client.max_inflight``; when that is 0, 64 per worker slot, at least 256).
+          Past 4 times as many outstanding, :meth:`submit` waits (backpressure).
+        - ``lease``: the worker slot leased to this client, ``{"id": ..., "rank": ...}``, to
+          which its lone tasks go directly; ``None`` while it holds none.
+        """
+        status = self._conn.request(StatusRequest(), StatusReply, timeout).status
+        status["client"] = self._conn.client_status()
+        return status
 
     # ----- object store --------------------------------------------------------------------------
     def put(self, obj: Any, node: str | None = None) -> store.Ref:
