@@ -97,14 +97,15 @@ from _core_report import RAW_SANE_US, TARGETS, TITLES, ratios, render, verdict  
 from _world import (  # noqa: E402
     BENCH_ENV,
     DEFAULT_ENV,
-    TAG_VAR,
-    World,
+    START_TIMEOUT,
+    bench_world,
     clean_env,
-    kill_tagged,
     machine,
     median_of,
-    tagged,
 )
+
+from colocate.testing import TAG_VAR, World, kill_tagged  # noqa: E402
+from colocate.testing import tagged_processes as tagged  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "core.json"
@@ -694,10 +695,10 @@ def measure_colocate(plan: Plan, workers: int, work: Path, env: dict[str, str],
                      name: str, settings: dict[str, str] = BENCH_ENV) -> dict:
     """Start a world, measure it through one client, stop it (also on errors)."""
     import colocate
-    world = World(workers + 1, work, env, settings)
+    world = bench_world(workers + 1, work, env, settings)
     try:
         try:
-            world.wait_ready()
+            world.wait_ready(START_TIMEOUT)
         except (RuntimeError, TimeoutError) as e:
             raise BenchError(f"the {name} world did not start: {e}") from None
         ex = None
@@ -712,16 +713,16 @@ def measure_colocate(plan: Plan, workers: int, work: Path, env: dict[str, str],
         except Exception as e:   # a colocate error or a hang: say so, with the world's log
             raise BenchError(f"the {name} world failed while being measured: "
                              f"{failure(e)}{paused_note(ex)}\nits log (tail):\n"
-                             f"{world.log()}") from e
+                             f"{world.log(tail=40)}") from e
     finally:
-        code = world.stop()
+        code = world.stop(sweep=True)
     row["world_exit_code"] = code
     row["killed_at_stop"] = world.killed
     row["settings"] = {**settings, **env}
     note_idle_cgroups(row, name)
     if code != 0 or world.killed:
         print(f"  warning: the {name} world exited with code {code}, killed {world.killed}; "
-              f"log:\n{world.log()}", flush=True)
+              f"log:\n{world.log(tail=40)}", flush=True)
     return row
 
 

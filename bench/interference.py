@@ -65,8 +65,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import psutil  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _world  # noqa: E402
-from _world import kill_tagged, tagged  # noqa: E402
+from colocate.testing import World, kill_tagged, subprocess_env  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -188,81 +187,48 @@ def _timed(fn, n: int) -> float:
 def clean_env(tag: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Our environment without MPI or COLOCATE_ variables, plus the tag and ``extra``: the
     colocate defaults, not the other benchmarks' settings."""
-    return _world.clean_env(tag, extra, settings={})
+    return subprocess_env(tag, {}, own_settings=False, **(extra or {}))
 
 
-class World:
-    """A ``mpiexec -n 2 colocate serve`` subprocess (one worker) with its own tag."""
+def start_world(env: dict[str, str], directory: Path, all_cores: str) -> World:
+    """A ``mpiexec -n 2 colocate serve`` world (one worker) at colocate's defaults plus ``env``,
+    started through ``taskset`` over ``all_cores``."""
+    return World(2, directory, "world", env={"COLOCATE_LOG": "info", **env}, settings={},
+                 own_settings=False, prefix=("taskset", "-c", all_cores))
 
-    def __init__(self, env: dict[str, str], directory: Path, all_cores: str) -> None:
-        self.tag = f"world-{uuid.uuid4().hex[:10]}"
-        self.address = directory / f"{self.tag}.address"
-        self.log_path = directory / f"{self.tag}.log"
-        self.env = clean_env(self.tag, {"COLOCATE_LOG": "info", **env})
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            ["taskset", "-c", all_cores, "mpiexec", "-n", "2", sys.executable, "-m", "colocate",
-             "serve", "--address-file", str(self.address)],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+def connect(world: World, timeout: float = 60.0):
+    """Wait for the address file and the worker; returns a connected ``Executor``."""
+    import colocate
+    world.wait_ready(timeout)
+    return colocate.Executor(address=world.address)
 
-    def connect(self, timeout: float = 60.0):
-        """Wait for the address file and the worker; returns a connected ``Executor``."""
-        import colocate
-        deadline = time.monotonic() + timeout
-        while not self.address.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the world exited ({self.proc.returncode}):\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no address file after {timeout:g} s:\n{self.log()}")
-            time.sleep(0.02)
-        ex = colocate.Executor(address=self.address)
-        while not ex.status()["workers"]:
-            if time.monotonic() > deadline:
-                ex.shutdown(wait=False)
-                raise TimeoutError(f"the worker did not join in {timeout:g} s:\n{self.log()}")
-            time.sleep(0.05)
-        return ex
 
-    def processes(self) -> dict[str, list[psutil.Process]]:
-        """This world's processes: ``executor`` (the child), ``ranks``, ``launcher``."""
-        out: dict[str, list[psutil.Process]] = {"executor": [], "ranks": [], "launcher": []}
-        for p in tagged(self.tag):
-            try:
-                cmd = " ".join(p.cmdline())
-            except psutil.Error:
-                continue
-            kind = ("executor" if "colocate._child" in cmd else
-                    "ranks" if "colocate serve" in cmd else "launcher")
-            out[kind].append(p)
-        return out
-
-    def stop(self, ex=None) -> list[str]:
-        """Stop (ask, then SIGTERM, then SIGKILL, all bounded); returns what had to be killed."""
+def roles(world: World) -> dict[str, list[psutil.Process]]:
+    """The world's processes: ``executor`` (the child), ``ranks``, ``launcher``."""
+    out: dict[str, list[psutil.Process]] = {"executor": [], "ranks": [], "launcher": []}
+    for p in world.processes():
         try:
-            if ex is not None:
-                try:
-                    ex.stop_server(drain=False)
-                    ex.shutdown(wait=False)
-                except Exception:  # noqa: BLE001 - the signals below still stop it
-                    pass
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    pass
-            return kill_tagged(self.tag)
-        finally:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-            self._log.close()
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        kind = ("executor" if "colocate._child" in cmd else
+                "ranks" if "colocate serve" in cmd else "launcher")
+        out[kind].append(p)
+    return out
+
+
+def stop_world(world: World, ex=None) -> list[str]:
+    """Stop (ask, then SIGTERM, then SIGKILL, all bounded); returns what had to be killed."""
+    if ex is not None:
+        try:
+            ex.stop_server(drain=False)
+            ex.shutdown(wait=False)
+        except Exception:  # noqa: BLE001 - the world is stopped below regardless
+            pass
+        world.wait_exit(20)
+    world.stop(sweep=True)
+    return world.killed
 
 
 class Loader:
@@ -386,12 +352,12 @@ def measure(cfg: Config, args: argparse.Namespace, task_arg: dict, directory: Pa
     me = psutil.Process()
     try:
         if cfg.colocate is not None:
-            world = World(cfg.colocate, directory, all_cores)
-            ex = world.connect()
+            world = start_world(cfg.colocate, directory, all_cores)
+            ex = connect(world)
             task = cfg.task or args.task
             loader = Loader(ex, TASKS[task], task_arg[task])
             time.sleep(args.warmup)
-            procs = world.processes()
+            procs = roles(world)
             rec["task"] = task
         elif cfg.neighbor:
             task = cfg.task or args.task
@@ -443,7 +409,7 @@ def measure(cfg: Config, args: argparse.Namespace, task_arg: dict, directory: Pa
         if loader is not None:
             loader.stopping.set()
         if world is not None:
-            killed = world.stop(ex)
+            killed = stop_world(world, ex)
             log = world.log()
             rec["guard_pauses"] = log.count("guard: pause core")
             rec["world_warnings"] = [ln for ln in log.splitlines() if " WARNING " in ln][:5]

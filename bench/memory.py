@@ -34,7 +34,9 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _world import World, machine, rss  # noqa: E402
+from _world import START_TIMEOUT, bench_world, machine, rss  # noqa: E402
+
+from colocate.testing import wait_for_file, wait_until  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "memory.json"
@@ -43,11 +45,7 @@ MIB = 1 << 20
 
 def hold_until(path: str, limit: float) -> str:
     """Blocker task: wait until ``path`` exists (at most ``limit`` seconds)."""
-    import os
-    import time
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_file(path, limit)
     return "released"
 
 
@@ -55,23 +53,15 @@ def noop(x):
     return None
 
 
-def _wait(cond, timeout: float, what: str, poll: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g} s")
-        time.sleep(poll)
-
-
 def per_task(queue_sizes: list[int], arg_bytes: list[int], workdir: Path) -> list[dict]:
     """Part 1: rows of rank-0 and client bytes per queued task."""
     import colocate
     top = max(queue_sizes)
-    world = World(2, workdir, {"COLOCATE_CLIENT_MAX_INFLIGHT": str(top + 64),
+    world = bench_world(2, workdir, {"COLOCATE_CLIENT_MAX_INFLIGHT": str(top + 64),
                                "COLOCATE_SERVER_PREFETCH": "0"})
     rows = []
     try:
-        world.wait_ready()
+        world.wait_ready(START_TIMEOUT)
         rank0 = world.ranks_by_number()[0]
         me = psutil.Process()
         with colocate.Executor(address=world.address) as ex:
@@ -81,12 +71,12 @@ def per_task(queue_sizes: list[int], arg_bytes: list[int], workdir: Path) -> lis
                 for q in queue_sizes:
                     release = workdir / f"release-{size}-{q}"
                     blocker = ex.submit(hold_until, str(release), 300.0)
-                    _wait(lambda: ex.status()["running"] >= 1, 30, "the blocker to start")
+                    wait_until(lambda: ex.status()["running"] >= 1, 30, "the blocker to start")
                     r0_before, me_before = rss(rank0), rss(me)
                     t0 = time.monotonic()
                     futs = [ex.submit(noop, payload) for _ in range(q)]
-                    _wait(lambda q=q: ex.status()["queued"] >= q, 120,
-                          f"{q} tasks queued at rank 0")
+                    wait_until(lambda q=q: ex.status()["queued"] >= q, 120,
+                               f"{q} tasks queued at rank 0")
                     queued_s = time.monotonic() - t0
                     r0_after, me_after = rss(rank0), rss(me)
                     release.touch()
@@ -96,7 +86,7 @@ def per_task(queue_sizes: list[int], arg_bytes: list[int], workdir: Path) -> lis
                         f.result(timeout=120)
                     drain_s = time.monotonic() - t1
                     del futs
-                    _wait(lambda: ex.status()["queued"] == 0, 30, "queue empty")
+                    wait_until(lambda: ex.status()["queued"] == 0, 30, "queue empty")
                     rows.append({
                         "queued": q, "arg_bytes": size,
                         "rank0_rss_before_mib": r0_before / MIB,
@@ -117,9 +107,9 @@ def per_task(queue_sizes: list[int], arg_bytes: list[int], workdir: Path) -> lis
 def bound(tasks: int, workdir: Path) -> dict:
     """Part 2: rank-0 peak RSS and queue while one client maps ``tasks`` no-ops (defaults)."""
     import colocate
-    world = World(2, workdir)
+    world = bench_world(2, workdir)
     try:
-        world.wait_ready()
+        world.wait_ready(START_TIMEOUT)
         rank0 = world.ranks_by_number()[0]
         peak = {"rss": 0, "queued": 0}
         done = threading.Event()

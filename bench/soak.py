@@ -61,7 +61,11 @@ import cloudpickle
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _world import World, machine, rss, tagged, wait_gone  # noqa: E402
+from _world import START_TIMEOUT, bench_world, machine, rss  # noqa: E402
+
+from colocate.testing import crash as crash_now  # noqa: E402
+from colocate.testing import tagged_processes as tagged  # noqa: E402
+from colocate.testing import wait_gone  # noqa: E402
 
 # The task functions below must reach the executor by value (it cannot import this script).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -109,7 +113,7 @@ def fail(i: int) -> None:
 
 def crash(i: int, code: int) -> None:
     _mark(i)
-    os._exit(code)
+    crash_now(code)
 
 
 def hang(i: int) -> None:
@@ -418,16 +422,16 @@ def run(args: argparse.Namespace) -> dict:
     }
     print(f"soak: {args.tasks:,} tasks on {args.workers} workers, seed {args.seed}; "
           f"injected {plan.counts}; work dir {work}", file=sys.stderr)
-    world = World(args.workers + 1, work, {"SOAK_RUNLOG": str(runlog)})
+    world = bench_world(args.workers + 1, work, {"SOAK_RUNLOG": str(runlog)})
     ex = None
     monitor = None
     ok_run = False
     try:
-        world.wait_ready()
+        world.wait_ready(START_TIMEOUT)
         ranks = world.ranks_by_number()
         if sorted(ranks) != list(range(args.workers + 1)):
             raise RuntimeError(f"found ranks {sorted(ranks)} of the world, expected "
-                               f"0-{args.workers}: {world.log()}")
+                               f"0-{args.workers}: {world.log(tail=40)}")
         worker_ranks = set(ranks) - {0}
         ex = colocate.Executor(address=world.address)
         result["max_inflight"] = ex.status()["client"]["max_inflight"]
@@ -544,7 +548,7 @@ def run(args: argparse.Namespace) -> dict:
                 ex.shutdown(wait=False, cancel_futures=True)
             except Exception:   # noqa: BLE001 - the world is stopped below regardless
                 pass
-        code = world.stop()
+        code = world.stop(sweep=True)
         left = wait_gone(world.tag)
         result["stop"] = {"exit_code": code, "killed": world.killed,
                           "left_after_stop": [p.pid for p in left]}

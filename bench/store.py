@@ -44,7 +44,9 @@ import cloudpickle
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _world import World, clean_env, kill_tagged, machine, median_of, wait_gone  # noqa: E402
+from _world import START_TIMEOUT, bench_world, clean_env, machine, median_of  # noqa: E402
+
+from colocate.testing import kill_tagged, wait_gone  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # executors cannot import this
 
@@ -114,10 +116,16 @@ def total(a):
     return float(a.sum())
 
 
-def measure_store(ex, sizes: list[int], quick: bool, transport: str) -> list[dict]:
-    from colocate import datalink
-    conn = ex._conn
-    datalink.register_world(conn.world, conn.address.token, transport)
+def measure_store(address: Path, sizes: list[int], quick: bool, transport: str) -> list[dict]:
+    """Puts and gets through a client of its own, whose ``store.transport`` is ``transport``."""
+    import colocate
+    config = address.parent / f"store-{transport}.yaml"
+    config.write_text(f"store:\n  transport: {transport}\n")
+    with colocate.Executor(address=address, config=str(config)) as ex:
+        return _measure_store(ex, sizes, quick)
+
+
+def _measure_store(ex, sizes: list[int], quick: bool) -> list[dict]:
     rows = []
     for size in sizes:
         reps = reps_for(size, quick)
@@ -152,7 +160,6 @@ def measure_store(ex, sizes: list[int], quick: bool, transport: str) -> list[dic
                      "get": bandwidth(size, gets), "get_out": bandwidth(size, gets_out),
                      "put_ms": statistics.median(puts) * 1e3,
                      "get_ms": statistics.median(gets) * 1e3})
-    datalink.register_world(conn.world, conn.address.token, "auto")
     return rows
 
 
@@ -239,31 +246,31 @@ def main() -> int:
     rounds_n = args.rounds or (1 if args.quick else 3)
     rounds: list[tuple[list, list, list]] = []
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-        world = World(2, Path(tmp))
+        world = bench_world(2, Path(tmp))
         try:
-            world.wait_ready()
+            world.wait_ready(START_TIMEOUT)
+            # Size by size, raw MPI and the store close together in time: the load of a
+            # shared machine drifts, and ratios should compare like with like.
+            for n in range(rounds_n):
+                raw, shm, tcp = [], [], []
+                for size in sizes:
+                    print(f"round {n + 1}/{rounds_n}, {human(size)}: raw mpi4py Send/Recv, "
+                          "store through shared memory, store through TCP ...", flush=True)
+                    raw += run_raw([size], args.quick, tag)
+                    shm += measure_store(world.address, [size], args.quick, "auto")
+                    tcp += measure_store(world.address, [size], args.quick, "tcp")
+                rounds.append((raw, shm, tcp))
+            print("one array feeding many tasks ...", flush=True)
             with colocate.Executor(address=world.address) as ex:
-                # Size by size, raw MPI and the store close together in time: the load of a
-                # shared machine drifts, and ratios should compare like with like.
-                for n in range(rounds_n):
-                    raw, shm, tcp = [], [], []
-                    for size in sizes:
-                        print(f"round {n + 1}/{rounds_n}, {human(size)}: raw mpi4py Send/Recv, "
-                              "store through shared memory, store through TCP ...", flush=True)
-                        raw += run_raw([size], args.quick, tag)
-                        shm += measure_store(ex, [size], args.quick, "auto")
-                        tcp += measure_store(ex, [size], args.quick, "tcp")
-                    rounds.append((raw, shm, tcp))
-                print("one array feeding many tasks ...", flush=True)
                 feed = by_reference(ex, (16 if args.quick else 64) * MiB,
                                     8 if args.quick else 16)
         except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as e:
             print(f"set-up error: {e}", file=sys.stderr)
-            world.stop()
+            world.stop(sweep=True)
             kill_tagged(tag)
             return 2
         finally:
-            code = world.stop()
+            code = world.stop(sweep=True)
             left = wait_gone(world.tag) + wait_gone(tag)
     raw, shm, tcp = medians(rounds) if len(rounds) > 1 else rounds[0]
     text, worst = table(raw, shm, tcp)

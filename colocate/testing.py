@@ -200,8 +200,8 @@ class World:
 
     Args:
         ranks: MPI ranks (rank 0 schedules, the others are workers).
-        directory: where the address file (``NAME.address``) and the log (``NAME.log``) go.
-        name: names the files and starts the tag; unique within ``directory``.
+        directory: where the address file (``TAG.address``) and the log (``TAG.log``) go.
+        name: the start of the tag (``NAME-`` and 12 random hex digits).
         args: more arguments for ``colocate serve``.
         env: more environment for every rank (and so for the executor children).
         settings: the base settings (:data:`TEST_SETTINGS` by default).
@@ -216,8 +216,8 @@ class World:
                  prefix: tuple[str, ...] = ()) -> None:
         self.ranks = ranks
         self.tag = f"{name}-{uuid.uuid4().hex[:12]}"
-        self.address = Path(directory) / f"{name}.address"
-        self.log_path = Path(directory) / f"{name}.log"
+        self.address = Path(directory) / f"{self.tag}.address"
+        self.log_path = Path(directory) / f"{self.tag}.log"
         self.env = subprocess_env(self.tag, settings, own_settings, **(env or {}))
         self.killed: list[str] = []
         cmd = [*prefix, "mpiexec", "-n", str(ranks), *colocate_cmd(

@@ -39,6 +39,8 @@ from colocate.testing import (
     wait_until,
 )
 
+BENCH_RUN_VAR = "CLTEST_BENCH_RUN"   # tags every process of one run_bench run
+
 
 @pytest.fixture(scope="session")
 def server_world(tmp_path_factory: pytest.TempPathFactory):
@@ -135,8 +137,10 @@ def assert_no_leftovers_fixture() -> Callable[..., None]:
 def run_bench_fixture(tmp_path: Path) -> Callable[..., tuple[str, dict]]:
     """Run ``bench/NAME.py ARGS --json TMP`` in a tagged environment: ``(stdout, json data)``.
 
-    Fails unless it exits 0 and leaves no process behind. Speed is never asserted: the numbers
-    depend on the machine and on whoever else uses it.
+    Fails unless it exits 0 and leaves no process behind. The run's tag has a variable of its
+    own (:data:`BENCH_RUN_VAR`): the worlds a benchmark starts tag their processes with
+    :data:`colocate.testing.TAG_VAR`, and they inherit the run's tag too. Speed is never
+    asserted: the numbers depend on the machine and on whoever else uses it.
     """
     bench = Path(__file__).resolve().parents[1] / "bench"
 
@@ -145,10 +149,11 @@ def run_bench_fixture(tmp_path: Path) -> Callable[..., tuple[str, dict]]:
         out = tmp_path / f"{name}.json"
         tag = f"bench-{name}-{uuid.uuid4().hex[:12]}"
         proc = subprocess.run([sys.executable, str(bench / f"{name}.py"), *args, "--json",
-                               str(out)], env=subprocess_env(tag), capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                               str(out)], env=subprocess_env(**{BENCH_RUN_VAR: tag}),
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        assert_no_leftovers(tag)
+        assert_no_leftovers(tag, var=BENCH_RUN_VAR)
         return proc.stdout, json.loads(out.read_text())
     return run
 
