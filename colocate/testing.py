@@ -30,7 +30,7 @@ import psutil
 
 __all__ = [
     "START_TIMEOUT", "STOP_TIMEOUT", "TAG_VAR", "TEST_SETTINGS", "World", "assert_no_leftovers",
-    "colocate_cmd",
+    "batch_records", "colocate_cmd",
     "crash", "crash_at", "describe", "kill_tagged", "mark_and_wait", "subprocess_env",
     "tagged_processes", "wait_for_file", "wait_gone", "wait_until",
 ]
@@ -114,6 +114,17 @@ def crash_at(i: int, bad: int, code: int = 9) -> int:
     if i == bad:
         os._exit(code)
     return i
+
+
+# ----- batch runs --------------------------------------------------------------------------------
+def batch_records(run_dir: str | os.PathLike) -> list[dict]:
+    """The task records of a ``colocate run`` directory's ``results.jsonl`` so far, in order.
+
+    None while the run has not made its journal yet; a line still being written is left out.
+    """
+    from .batch.journal import RESULTS, iter_records
+    path = Path(run_dir) / RESULTS
+    return list(iter_records(path)) if path.exists() else []
 
 
 # ----- environments and tagged processes ----------------------------------------------------------

@@ -12,6 +12,7 @@ Fixtures:
   * ``colocate_env``: the test environment in ``os.environ`` (for ``Executor(max_workers=…)``,
     which starts a local world from this process), with its own tag checked at teardown.
   * ``cli``: run ``python -m colocate …`` with the test environment.
+  * ``procs``: subprocesses a test starts, killed and reaped at teardown.
   * ``wait_until``: :func:`colocate.testing.wait_until` (poll a condition with backoff and a
     bound).
 """
@@ -113,6 +114,17 @@ def cli() -> Callable[..., subprocess.CompletedProcess]:
         return subprocess.run(colocate_cmd(*args), env=env or subprocess_env(), capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return run
+
+
+@pytest.fixture
+def procs() -> list[subprocess.Popen]:
+    """A list to append started subprocesses to: each is killed (if it runs) and reaped after."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(5)
 
 
 @pytest.fixture(name="wait_until")

@@ -6,7 +6,6 @@ Python busy loop) and prints its node and CPUs first; each batch task reports wh
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from colocate import launch as L
+from colocate.testing import batch_records
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -44,13 +44,6 @@ def host_program(seconds: int) -> list[str]:
                         f"{work}"]
 
 
-def records(run_dir: Path) -> list[dict]:
-    path = run_dir / "results.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def hosts_on_host_core(out: str) -> list[str]:
     """The nodes whose host task printed that it may use CPU 0 only."""
     return sorted(line.split()[1] for line in out.splitlines()
@@ -70,7 +63,7 @@ def test_colocate_with_sbatch_on_three_nodes(cluster, tmp_path, launcher):
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", out
     assert hosts_on_host_core(out) == NODES, out                   # host on CPU 0 of every node
     assert "host exit 0, batch exit 0, colocate exit 0; exit 0" in out, out
-    recs = records(tmp_path / "runs" / "where-spread")
+    recs = batch_records(tmp_path / "runs" / "where-spread")
     assert sorted(r["kwargs"]["index"] for r in recs) == [0, 1, 2, 3, 4, 5], out
     assert sorted({r["worker"]["node"] for r in recs}) == NODES, recs  # results from 3 nodes
     for r in recs:
@@ -98,7 +91,7 @@ def test_attach_to_a_running_three_node_job(cluster, tmp_path, wait_until):
         batch = data_copy(tmp_path, "where-spread.yaml")
         out = cluster.on("vnode1", ["bash", str(ATTACH), jobid, str(batch)],
                          cwd=tmp_path, env=env, timeout=150, check=False)
-        recs = records(tmp_path / "runs" / "where-spread")
+        recs = batch_records(tmp_path / "runs" / "where-spread")
         assert out.returncode == 0, out.stdout + out.stderr
         assert len(recs) == 6 and all(r["status"] == "ok" for r in recs), out.stderr
         assert sorted({r["worker"]["node"] for r in recs}) == NODES, recs
@@ -117,13 +110,13 @@ def test_warning_signal_drains_across_nodes(cluster, tmp_path, wait_until):
                             *host_program(20)], tmp_path,
                            env={"COLOCATE_SERVER_DRAIN_GRACE": "3"})
     run_dir = tmp_path / "runs" / "where-slow"
-    wait_until(lambda: sum(r["status"] == "ok" for r in records(run_dir)) >= 4, 120,
+    wait_until(lambda: sum(r["status"] == "ok" for r in batch_records(run_dir)) >= 4, 120,
                "the four quick tasks")
     # The slow ones run on the three nodes' workers when the warning comes.
     cluster.slurm("scancel", "--signal=TERM", "--batch", jobid)
     info = cluster.wait_job(jobid, 120)
     out = (tmp_path / "out.txt").read_text()
-    recs = records(run_dir)
+    recs = batch_records(run_dir)
     assert info["JobState"] == "FAILED" and info["ExitCode"] == "3:0", out
     assert "SIGTERM received: draining colocate" in out, out
     done = sorted(r["kwargs"]["index"] for r in recs if r["status"] == "ok")

@@ -28,16 +28,6 @@ HOST = BUSY.format(core=CORE, extra="")
 SETTINGS = {"interval": 0.1, "pause_above": 0.5, "resume_below": 0.3, "hold": 0.3}
 
 
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(5)
-
-
 def start(procs, code, **kw):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (PKG_ROOT, os.environ.get("PYTHONPATH")) if p))

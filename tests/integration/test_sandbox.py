@@ -40,16 +40,6 @@ def run_child(body: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(5)
-
-
 def start(procs, code: str, **kw) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-c", code], env=child_env(), text=True,
                          stdout=subprocess.PIPE, **kw)

@@ -4,7 +4,6 @@ Run as root:  python -m pytest -m slurm tests/integration/test_slurm.py
 Every wait is bounded; a job that outlives its bound is cancelled and the test fails.
 """
 
-import json
 import os
 import shlex
 import shutil
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from colocate import launch as L
-from colocate.testing import wait_until
+from colocate.testing import batch_records, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
 
@@ -93,13 +92,6 @@ def wait_job(jobid, timeout) -> dict:
         time.sleep(0.3)
     subprocess.run(["scancel", jobid], timeout=20)
     pytest.fail(f"job {jobid} still {job_info(jobid).get('JobState')} after {timeout} s")
-
-
-def records(run_dir: Path) -> list[dict]:
-    path = run_dir / "results.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def host_program(seconds: int) -> list[str]:
@@ -185,7 +177,7 @@ def test_colocate_with_sbatch_places_host_and_functions(slurm, colocate_cli, tmp
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", out
     assert "Cpus_allowed_list:\t0\n" in out, out                     # the host on the host core
     assert "host exit 0, batch exit 0, colocate exit 0; exit 0" in out, out
-    recs = records(tmp_path / "runs" / "where")
+    recs = batch_records(tmp_path / "runs" / "where")
     assert sorted(r["kwargs"]["index"] for r in recs) == [0, 1, 2, 3, 4, 5], out
     for r in recs:
         assert r["status"] == "ok", r
@@ -205,7 +197,7 @@ def test_attach_to_a_running_job(slurm, colocate_cli, tmp_path):
                          env={**os.environ, "COLOCATE_SPARE_CORES": "1"})
     try:
         assert out.returncode == 0, out.stderr
-        recs = records(tmp_path / "runs" / "where")
+        recs = batch_records(tmp_path / "runs" / "where")
         assert len(recs) == 6 and all(r["status"] == "ok" for r in recs), out.stderr
         assert {tuple(r["result"]["affinity"]) for r in recs} == {(1,)}
         assert job_info(jobid)["JobState"] == "RUNNING"               # the host was not touched
@@ -233,13 +225,13 @@ def test_warning_signal_drains_colocate(slurm, colocate_cli, tmp_path):
                     *host_program(15)],
                    tmp_path, env=DRAIN_ENV)
     run_dir = tmp_path / "runs" / "where-slow"
-    wait_until(lambda: sum(r["status"] == "ok" for r in records(run_dir)) >= 4, 90,
+    wait_until(lambda: sum(r["status"] == "ok" for r in batch_records(run_dir)) >= 4, 90,
                "the four quick tasks")
     subprocess.run(["scancel", "--signal=TERM", "--batch", jobid], check=True, timeout=20)
     info = wait_job(jobid, 90)
     out = (tmp_path / "out.txt").read_text()
     assert info["JobState"] == "FAILED" and info["ExitCode"] == "3:0", out
-    _check_drained(out, records(run_dir))
+    _check_drained(out, batch_records(run_dir))
     assert "Cpus_allowed_list:\t0\n" in out and "host exit 0" in out, out   # host unharmed
 
 
@@ -258,4 +250,4 @@ def test_walltime_signal_from_slurm(slurm, colocate_cli, tmp_path):
     out = (tmp_path / "out.txt").read_text()
     assert info["JobState"] != "TIMEOUT", out
     assert info["ExitCode"] == "3:0", out
-    _check_drained(out, records(tmp_path / "runs" / "where-slow"))
+    _check_drained(out, batch_records(tmp_path / "runs" / "where-slow"))
