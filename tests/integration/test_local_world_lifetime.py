@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from colocate.testing import tagged_processes
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 CLIENT = DATA / "local_world_client.py"
 GONE_WITHIN = 10.0   # seconds for every process of a world to be gone once its owner is
@@ -75,7 +77,7 @@ class Client:
 
 def world_pids(tag: str) -> set[int]:
     """Pids of the tagged processes now (to check their cgroups later)."""
-    return {p.pid for p in _tagged(tag)}
+    return {p.pid for p in tagged_processes(tag)}
 
 
 def cgroups_of(pids: set[int]) -> list[str]:
@@ -169,7 +171,7 @@ def test_colocate_run_killed(tmp_path, subprocess_env, assert_no_leftovers):
                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
 
     def world_running() -> bool:
-        return any("serve" in " ".join(p.cmdline()) for p in _tagged(tag))
+        return any("serve" in " ".join(p.cmdline()) for p in tagged_processes(tag))
     deadline = time.monotonic() + 90
     while not world_running() or not _task_running(tag):
         assert run.poll() is None, run.stdout.read()
@@ -274,16 +276,5 @@ def test_a_served_world_outlives_its_clients(world_factory, subprocess_env):
     assert world.proc.poll() is None
 
 
-def _tagged(tag: str) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("CLTEST_WORLD") == tag:
-                found.append(p)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
 def _task_running(tag: str) -> bool:
-    return any("colocate._child" in " ".join(p.cmdline()) for p in _tagged(tag))
+    return any("colocate._child" in " ".join(p.cmdline()) for p in tagged_processes(tag))

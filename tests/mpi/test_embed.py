@@ -14,23 +14,14 @@ import sys
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
+
+from colocate.testing import kill_tagged
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "offload_app.py"
 MPI_SUITE = Path(__file__).with_name("test_embed_mpi.py")
-TAG_VAR = "CLTEST_WORLD"
 RUNS_MPIEXEC = True   # plain tests that start MPI jobs (see conftest.py here)
-
-
-def kill_tagged(tag: str) -> None:
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get(TAG_VAR) == tag:
-                p.kill()
-        except (psutil.Error, OSError):
-            pass
 
 
 @pytest.fixture
