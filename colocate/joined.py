@@ -194,7 +194,7 @@ def _join_one(cfg: dict, address: Any, cores: list[int], source: str) -> int:
              "peers": [os.getppid()],
              "token": address.token,
              "store_host": address.host if address.host.startswith("127.") else (
-                 mpi.host_address(cfg["server"]["bind"]))}
+                 _store_host(mpi, cfg["server"]["bind"]))}
     from .worker import Worker
     worker = Worker(None, link, place, cfg, rank=welcome.rank, box=link)
     grace = float(cfg["pool"]["grace"])
@@ -210,6 +210,24 @@ def _join_one(cfg: dict, address: Any, cores: list[int], source: str) -> int:
              welcome.rank, node, _cpus(cores))
     worker.run()
     return 0 if worker.left_cleanly else 1
+
+
+def _store_host(mpi: Any, bind: str) -> str:
+    """Where this worker's store listens: ``server.bind`` if it names this node, else its name.
+
+    A pool job inherits the environment rank 0 submitted it from, ``COLOCATE_SERVER_BIND`` (rank
+    0's node) too; binding to that here fails, so the worker takes its own node's name instead.
+    """
+    host = mpi.host_address(bind)
+    try:
+        socket.create_server((host, 0)).close()
+    except OSError:
+        if bind == "auto":
+            return host
+        log.info("server.bind %r is not an address of this node (%s): the store listens on "
+                 "the node's own name", bind, socket.gethostname())
+        return mpi.host_address("auto")
+    return host
 
 
 def _batch_job() -> str | None:

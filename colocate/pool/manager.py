@@ -36,7 +36,11 @@ HOLD_MAX = 600.0         # seconds, the longest the pool holds off
 
 # Variables of the MPI launch rank 0 runs in: a pool job inherits the environment it was
 # submitted from (sbatch --export=ALL), and these would make its workers try to join that MPI job.
-_MPI_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPICH_", "I_MPI_")
+# The batch job's own variables too: sbatch reads some of them as options (from an srun step with
+# a host file, SLURM_HOSTFILE pinned every pool job to rank 0's node, where it never started).
+# SLURM_CONF stays: it says which Slurm to talk to.
+_MPI_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPICH_", "I_MPI_", "SLURM_")
+_KEEP = ("SLURM_CONF",)
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ class Done:
 
 def run_command(cmd: Sequence[str]) -> Done:
     """Run a batch-system command, bounded by :data:`COMMAND_TIMEOUT`, without MPI's variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_MPI_PREFIXES)}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(_MPI_PREFIXES) or k in _KEEP}
     try:
         done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
                               env=env)

@@ -20,10 +20,10 @@ addr_of() {                                   # addr_of vnode2 -> 10.77.0.12
 
 node_names() { local i; for i in $(seq "$1"); do echo "vnode$i"; done; }
 
-all_idle() {  # all_idle N SECONDS -> 0 once sinfo lists N nodes, all idle
+all_idle() {  # all_idle N SECONDS -> 0 once sinfo lists N nodes, all idle (in "vc", which has them all)
     local deadline=$((SECONDS + $2)) states
     while ((SECONDS < deadline)); do
-        states=$(SLURM_CONF=$CONF timeout 10 sinfo -h -N -o '%T' 2>/dev/null | sort | uniq -c \
+        states=$(SLURM_CONF=$CONF timeout 10 sinfo -h -N -p vc -o '%T' 2>/dev/null | sort | uniq -c \
             | awk '{print $1, $2}') || true
         [[ $states == "$1 idle" ]] && return 0
         sleep 0.5

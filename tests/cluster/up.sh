@@ -17,6 +17,9 @@
 # `slurmd -C`): the nodes overlap on the same cores, so CPU ids are the same on every node as on
 # a cluster of whole nodes, and the machine is oversubscribed N times.
 #
+# Partitions: "vc" (the default, for batch jobs) and "pool", preemptible by "vc"
+# (PreemptMode=CANCEL, GraceTime=10 s) for pool jobs; scheduling passes every 1-2 s.
+#
 # Coexistence with the single-node Slurm of tests/slurm/setup-slurm.sh: this Slurm has its own
 # configuration ($STATE/slurm.conf, reached only through SLURM_CONF), its own ports
 # (SlurmctldPort 6917, SlurmdPort 6918), cluster name, state, spool, pid and log files, so both
@@ -40,6 +43,7 @@ if [[ ${1:-} == --conf ]]; then echo "$CONF"; exit 0; fi
 N=${1:-3}
 [[ $N =~ ^[2-4]$ ]] || cannot "N must be 2, 3 or 4, got '$N'"
 WAIT=${COLOCATE_CLUSTER_WAIT:-60}
+POOL_GRACE=10   # GraceTime of the preemptible partition "pool", seconds
 
 [[ $(id -u) == 0 ]] || cannot "needs root (network namespaces, /etc/hosts, slurmd), running as $(id -un)"
 for exe in ip unshare nsenter munge unmunge slurmctld slurmd sinfo srun sbatch scontrol; do
@@ -48,7 +52,9 @@ munge, slurmd, slurmctld and slurm-client (bash .ci/run does)"
 done
 
 # ---- already up with N nodes? ---------------------------------------------------------------------
-if [[ -f $STATE/nodes && $(cat "$STATE/nodes") == "$N" ]] && all_idle "$N" 3; then
+# (A cluster brought up by an older up.sh, without the preemptible partition, is brought up again.)
+if [[ -f $STATE/nodes && $(cat "$STATE/nodes") == "$N" ]] && grep -q '^PartitionName=pool ' "$CONF" \
+        && all_idle "$N" 3; then
     node_names "$N"
     exit 0
 fi
@@ -147,6 +153,15 @@ TaskPlugin=$1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# Scheduling passes every 2 s (main) and 1 s (backfill) instead of 60 s and 30 s: a job that was
+# waiting for preempted pool jobs starts within ~2 s of their end, and tests and
+# bench/idle_nodes.py measure colocate rather than Slurm's idle timers. A real site keeps its own.
+SchedulerParameters=sched_interval=2,bf_interval=1
+# "pool" is preemptible (colocate's pool jobs: tests/cluster/test_pool_cross_node.py,
+# bench/idle_nodes.py): a job of the batch partition "vc" that needs its CPUs cancels its jobs
+# after SIGTERM and GraceTime seconds.
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
 MpiDefault=none
 ReturnToService=2
 MinJobAge=600
@@ -163,7 +178,8 @@ EOF
         for i in $(seq "$N"); do
             echo "NodeName=vnode$i NodeAddr=$(addr_of "vnode$i") $HW State=UNKNOWN"
         done
-        echo "PartitionName=vc Nodes=vnode[1-$N] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO"
+        echo "PartitionName=vc Nodes=vnode[1-$N] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=10"
+        echo "PartitionName=pool Nodes=vnode[1-$N] MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 PreemptMode=CANCEL GraceTime=$POOL_GRACE"
     } > "$CONF"
     [[ -f $STATE/cgroup.conf ]] || echo "CgroupPlugin=autodetect" > "$STATE/cgroup.conf"
 }

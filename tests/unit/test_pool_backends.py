@@ -138,3 +138,14 @@ def test_backends_by_name():
         Slurm().cancel([])
     with pytest.raises(ValueError, match="worker command"):
         Slurm().submit(template(), "colocate join")
+
+
+def test_batch_commands_run_without_the_job_and_mpi_variables_rank_0_runs_in(monkeypatch):
+    from colocate.pool.manager import run_command
+    for k, v in {"SLURM_HOSTFILE": "/h", "SLURM_JOB_ID": "7", "PMI_RANK": "0",
+                 "SLURM_CONF": "/etc/s.conf", "KEEP_ME": "1"}.items():
+        monkeypatch.setenv(k, v)
+    done = run_command(["env"])
+    seen = dict(line.split("=", 1) for line in done.out.splitlines() if "=" in line)
+    assert seen["SLURM_CONF"] == "/etc/s.conf" and seen["KEEP_ME"] == "1"
+    assert not {"SLURM_HOSTFILE", "SLURM_JOB_ID", "PMI_RANK"} & set(seen)
