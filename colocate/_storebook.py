@@ -7,6 +7,12 @@ granted an id and a worker rank here, and the client sends the bytes to that ran
 Objects count against the same per-node memory budget as the memory reserved by running tasks.
 ``held`` files the object ids by the rank holding them, so a lost rank costs its own objects, not
 a scan of every object stored.
+
+When a rank goes, ``gone`` remembers, per object it held, the node it was on and why it went
+(:data:`GONE_KEPT` of them at most, the oldest forgotten first): a client whose read fails asks
+rank 0 (``WhereIs``, answered from :meth:`StoreBook.where_is`), and a task whose arguments name
+such an object fails at dispatch with ``ObjectLost`` (:meth:`StoreBook.lost_argument`), not on
+a worker.
 """
 
 from __future__ import annotations
@@ -19,6 +25,24 @@ from .store import human_size
 
 if TYPE_CHECKING:
     from .scheduler import _Worker
+
+
+GONE_KEPT = 100_000   # lost objects whose reason is kept (a few hundred bytes each)
+
+
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    client: int
+    rank: int
+    node: str
+    why: str
+
+
+def lost_text(oid: int, gone: _Gone) -> str:
+    """What ``ObjectLost`` says of object ``oid``: where it was, why it is gone, what to do."""
+    return (f"object {oid} was stored on node {gone.node} (worker {gone.rank}), which is gone: "
+            f"{gone.why}. Its data went with it; put it again (ex.put), and keep a copy of what "
+            "you cannot lose outside the world")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +141,8 @@ class StoreBook:
         for oid in ids:
             obj = self.objects.pop(oid, None)
             if obj is None:
+                if self.gone:
+                    self.gone.pop(oid, None)
                 continue
             del self.held[obj.rank][oid]
             self.node_stored[obj.node] -= obj.nbytes
@@ -126,12 +152,38 @@ class StoreBook:
                 worker.stored -= obj.nbytes
                 self._drops.setdefault(obj.rank, []).append(oid)
 
-    def _lose_objects(self, rank: int) -> None:
+    def _lose_objects(self, rank: int, why: str = "") -> None:
         """The rank is gone, and the objects it held with it: O(its objects), not O(all)."""
+        gone = self.gone
         for oid in self.held.pop(rank, ()):
             obj = self.objects.pop(oid)
             self.node_stored[obj.node] -= obj.nbytes
             self.objects_lost += 1
+            if not obj.ahead:   # (a spare never held data: nobody reads it)
+                gone[oid] = _Gone(obj.client, rank, obj.node, why or "its worker went away")
+        while len(gone) > GONE_KEPT:
+            del gone[next(iter(gone))]
+
+    def where_is(self, oid: int) -> tuple[str, _Object | None]:
+        """``(why it is lost, "")`` or ``("", its record)``; ``("", None)``: freed or unknown."""
+        gone = self.gone.get(oid)
+        if gone is not None:
+            return lost_text(oid, gone), None
+        return "", self.objects.get(oid)
+
+    def lost_argument(self, refs: tuple[int, ...]) -> str | None:
+        """Why a task naming these objects cannot run (one of them is lost), or None."""
+        for oid in refs:
+            gone = self.gone.get(oid)
+            if gone is not None:
+                return lost_text(oid, gone)
+        return None
+
+    def _forget_gone(self, client: int) -> None:
+        """A client left: the reasons its lost objects went are nobody's concern now."""
+        if self.gone:
+            for oid in [i for i, g in self.gone.items() if g.client == client]:
+                del self.gone[oid]
 
     def _room(self, node: str) -> int:
         """Bytes of the node's budget not reserved by running tasks nor held by objects."""

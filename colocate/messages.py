@@ -66,6 +66,7 @@ class Status(IntEnum):
     LOST = 9          # its worker rank stopped answering
     CANCELLED = 10    # dropped from the queue on request
     REJECTED = 11     # can never run here (asks more than any node has)
+    NO_OBJECT = 12    # an argument's object is lost (its holder went away): ObjectLost
 
 
 # Outcomes after which a task is tried again while it has retries left.
@@ -122,6 +123,7 @@ class TaskMsg(NamedTuple):
     args: bytes
     options: TaskOptions
     prefer: str | None = None   # node holding most of the task's argument Refs (by bytes)
+    refs: tuple[int, ...] = ()  # ids of the objects its arguments name (checked at dispatch)
 
 
 class Submit(NamedTuple):
@@ -194,6 +196,25 @@ class FreeRefs(NamedTuple):
 
 class UsedAhead(NamedTuple):
     ids: list[int]        # spares granted ahead that puts have filled
+
+
+class WhereIs(NamedTuple):
+    """Client to rank 0: where is object ``id`` now? Sent only when its holder failed a read."""
+
+    req: int
+    id: int
+
+
+class ObjectWhere(NamedTuple):
+    """Rank 0's answer to ``WhereIs``: its holder now, or why it is gone (``lost``)."""
+
+    req: int
+    id: int
+    lost: str = ""        # set: the object is gone, and this says where it was and why
+    rank: int = -1        # else its holder (another one if it was moved)
+    node: str = ""
+    where: StoreAddress | None = None
+    fd: int = -1
 
 
 # ----- rank 0 <-> worker ranks, worker <-> executor child -----------------------------------------
@@ -358,7 +379,7 @@ def to_wire(msg: Any) -> Any:
     """``msg`` in the form it is pickled in (see :func:`from_wire`)."""
     kind = type(msg)
     if kind is Submit:
-        return (_SUBMIT, [(*t[:4], tuple(t.options), t.prefer) for t in msg.tasks])
+        return (_SUBMIT, [(*t[:4], tuple(t.options), *t[5:]) for t in msg.tasks])
     if kind is Results:
         return (_RESULTS, [(r.id, int(r.status), r.payload,
                             None if r.info is None else tuple(r.info)) for r in msg.results])
@@ -375,7 +396,7 @@ def from_wire(obj: Any) -> Any:
         return obj
     tag, items = obj
     if tag == _SUBMIT:
-        return Submit([_task_msg((*t[:4], _options(t[4]), t[5])) for t in items])
+        return Submit([_task_msg((*t[:4], _options(t[4]), *t[5:])) for t in items])
     if tag == _RESULTS:
         return Results([_result_msg((*r[:3], None if r[3] is None else _info(r[3])))
                         for r in items])

@@ -192,7 +192,7 @@ class Worker:
         busy = (self.child is not None and self.child.busy) or self.unsent or self.desk.conns
         if not busy and not self.said_leaving:
             self._report([], flush=True)
-            self._send(Leaving("every task finished or given back"))
+            self._send(Leaving(f"{self.leave_asked[1]}; every task finished or given back"))
             self.said_leaving = True
         if now >= self.leave_by and self.running:
             log.warning("worker %d: the %g s grace is over; leaving with its running task cut "
