@@ -49,6 +49,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from . import store
 from .bell import ring_up
 from .errors import ObjectLost
 from .messages import StoreAddress
@@ -446,6 +447,8 @@ def fetch(ref: Ref, *, copy: bool = True, out: Any = None) -> Any:
     Raises:
         ObjectLost: freed, or the worker rank is gone.
     """
+    if store._relocated:   # (in an executor child: arguments moved off a worker that left)
+        store.follow(ref)
     try:
         return _fetch(ref, copy, out)
     except ObjectLost:

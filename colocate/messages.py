@@ -227,6 +227,8 @@ class Work(NamedTuple):
     memory: int | None
     cores: tuple[int, ...] = ()   # a multi-core task's cores (its own plus lent ones); () = own
     gpus: tuple[str, ...] = ()    # GPU ids for CUDA_VISIBLE_DEVICES
+    moved: tuple = ()             # (id, rank, node, where, fd) of argument objects moved since
+    #                               their Ref was made (colocate.store.relocate)
 
 
 class Dispatch(NamedTuple):
@@ -302,6 +304,23 @@ class Leaving(NamedTuple):
 
 class DropObjects(NamedTuple):
     ids: list[int]
+
+
+class MoveOut(NamedTuple):
+    """Rank 0 to a leaving joined worker: copy these objects to their new holders first.
+
+    ``moves``: ``(id, rank, node, where)`` each. The worker sends each with the data path of a
+    put, answers ``MovedOut``, and rank 0 then says ``Shutdown``.
+    """
+
+    moves: list[tuple]
+
+
+class MovedOut(NamedTuple):
+    """A leaving worker to rank 0: ``done`` ``(id, rank, fd)``, ``failed`` ``(id, why)``."""
+
+    done: list[tuple]
+    failed: list[tuple]
 
 
 # ----- leases (colocate.lease) -------------------------------------------------------------------

@@ -60,6 +60,9 @@ from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
     HeardFrom,
     Instruction,
     LeaseEnded,
+    LetGo,
+    MoveObjects,
+    ObjectsMoved,
     PutGranted,
     PutRefused,
     PutRequested,
@@ -69,6 +72,7 @@ from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
     Tick,
     WorkerDone,
     WorkerJoined,
+    WorkerLeaving,
     WorkerLost,
     WorkerPaused,
 )
@@ -176,6 +180,9 @@ class Scheduler(StoreBook, Placing):
         self.node_stored: dict[str, int] = {}
         self.objects_lost = 0
         self.gone: dict[int, _Gone] = {}   # lost object -> where it was and why (oldest first)
+        self.moving: dict[int, dict[int, tuple]] = {}   # leaving rank -> id -> (rank, node, bytes)
+        self.unmoved: dict[int, str] = {}  # id -> why it could not be moved off a leaving rank
+        self.moved: dict[int, tuple] = {}  # moved object -> (fd, where) at its new holder
         self._next_ref = 1
         self._drops: dict[int, list[int]] = {}
         self.draining = False
@@ -393,6 +400,7 @@ class Scheduler(StoreBook, Placing):
         self._limits = None
         if worker.lease:   # (its client sees the connection close and fails what it sent)
             self.leased.pop(worker.lease_client, None)
+        self._cancel_moves(ev.rank)
         self._lose_objects(ev.rank, ev.reason)
         self._index.room_changed.add(worker.node)
         served = self.tasks.get(worker.lent_to) if worker.lent_to is not None else None
@@ -539,7 +547,8 @@ class Scheduler(StoreBook, Placing):
             index.refile(worker)
             timeout = opts.timeout if opts.timeout is not None else self.default_timeout
             work = _new(Work, (task.gid, fn, fn_bytes, task.args, timeout, opts.memory,
-                               task.cores, task.gpus))
+                               task.cores, task.gpus,
+                               self.relocations(task.refs) if task.refs and self.moved else ()))
             batch = batches.get(worker.rank)
             if batch is None:
                 batches[worker.rank] = [work]

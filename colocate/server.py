@@ -5,15 +5,17 @@ Reads: ``WorkerHello``/``Done``/``Heartbeat``/``LeaseEnded``/``DirectDone`` from
 and ``WhereIs`` (a read of an object failed: where is it, or why is it gone) from clients (their
 streams); new connections on the listening socket; SIGTERM/SIGINT. Writes:
 ``Dispatch``/``KillRunning``/``TakeBack``/``DropObjects``/``StartLease``/``EndLease``/``Shutdown``
-to workers, ``Welcome``/``Results``/``PutReply``/``Lease``/``StatusReply``/``ObjectWhere``/``Bye``
-to clients, and
+to workers (and ``MoveOut`` to a leaving joined worker that holds objects, answered by
+``MovedOut``); ``Welcome``/``Results``/``PutReply``/``Lease``/``StatusReply``/``ObjectWhere``
+/``Bye`` to clients; and
 the address file. Stored objects' data never comes here: clients send it to the worker's data port
 (:mod:`colocate.datalink`). Leased clients' lone tasks never come here either
 (:mod:`colocate.lease`).
 
 Workers that join later over TCP (``colocate join``, :mod:`colocate.joined`) send and get the
 same messages on a stream of their own instead of MPI and a bell, and are known by ids from the
-world's size up. They may say ``Leaving`` (answered with ``Shutdown``); a joined worker whose
+world's size up. They may say ``Leaving`` (answered with ``Shutdown``, after ``MoveOut`` has had it
+copy its stored objects to other nodes where the budget allows); a joined worker whose
 stream closes is lost like a worker rank whose bell closes, and the world goes on.
 
 All decisions are the :class:`~colocate.scheduler.Scheduler`'s; this module only moves messages.
@@ -55,6 +57,8 @@ from .messages import (
     Lease,
     LeaseEnded,
     Leaving,
+    MovedOut,
+    MoveOut,
     ObjectWhere,
     PauseCores,
     PutReply,
@@ -282,7 +286,13 @@ class Server:
             log.info("joined worker %d is leaving: %s", rank, msg.reason)
             self.leaving.add(rank)
             self.leave_why[rank] = msg.reason
-            self._to_worker(rank, Shutdown())
+            self._apply(S.WorkerLeaving(rank))   # Shutdown at once, or after its objects moved
+        elif kind is MovedOut and rank in self.leaving:
+            log.info("joined worker %d moved %d object(s) to other workers%s", rank,
+                     len(msg.done), f"; {len(msg.failed)} could not be" if msg.failed else "")
+            self._apply(S.ObjectsMoved(rank, tuple((oid, fd, self.stores.get(to))
+                                                   for oid, to, fd in msg.done),
+                                       tuple(msg.failed)))
         else:
             log.error("worker %d sent an unexpected %s; ignored", rank, kind.__name__)
 
@@ -356,7 +366,8 @@ class Server:
         if obj is None or obj.ahead:
             return ObjectWhere(msg.req, msg.id, lost or f"object {msg.id} is not stored in this "
                                "world (it was freed, or never stored here)")
-        return ObjectWhere(msg.req, msg.id, "", obj.rank, obj.node, self.stores.get(obj.rank))
+        fd, where = self.sched.moved.get(msg.id, (-1, self.stores.get(obj.rank)))
+        return ObjectWhere(msg.req, msg.id, "", obj.rank, obj.node, where, fd)
 
     # ----- instructions --------------------------------------------------------------------------
     def _apply(self, event: S.Event) -> None:
@@ -402,6 +413,11 @@ class Server:
                     self._to_client(client, Lease(ins.lease, ins.rank, host, port))
             elif kind is S.EndLease:
                 self._to_worker(ins.rank, EndLease(ins.lease))
+            elif kind is S.MoveObjects:
+                self._to_worker(ins.rank, MoveOut([(oid, to, node, self.stores.get(to))
+                                                   for oid, to, node in ins.moves]))
+            elif kind is S.LetGo:
+                self._to_worker(ins.rank, Shutdown())
             elif kind is S.Exit:
                 log.info("drained: every task has finished")
                 self.exiting = True

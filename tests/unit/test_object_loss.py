@@ -4,9 +4,19 @@ at dispatch, instruction by instruction."""
 
 from colocate import _storebook
 from colocate import scheduler as S
-from colocate.messages import ResultMsg, Status, TaskInfo, TaskMsg, TaskOptions, Work, dumps
+from colocate.messages import (
+    ResultMsg,
+    Status,
+    StoreAddress,
+    TaskInfo,
+    TaskMsg,
+    TaskOptions,
+    Work,
+    dumps,
+)
 
 FN = b"h" * 16
+WHERE = StoreAddress("127.0.0.1", 1234, "n1/boot", 99)
 WHY = "joined worker 2 on pool-a left (SIGTERM from the batch system)"
 
 
@@ -84,3 +94,76 @@ def test_the_oldest_reasons_are_forgotten_past_the_bound(monkeypatch):
     ids = [put(s, "pool-a", nbytes=10, req=i).ref_id for i in range(3)]
     s.handle(S.WorkerLost(2, WHY))
     assert list(s.gone) == ids[1:]
+
+
+# ----- moving the objects of a leaving worker ----------------------------------------------------
+def stored_on(s, node):
+    return s.snapshot()["store"]["nodes"][node]["bytes"]
+
+
+def test_a_leaving_worker_holding_nothing_is_let_go_at_once():
+    s = world()
+    put(s, "n1")
+    assert s.handle(S.WorkerLeaving(2)) == [S.LetGo(2)]
+
+
+def test_a_leaving_workers_objects_are_moved_and_found_at_their_new_holder():
+    s = world()
+    a = put(s, "pool-a")
+    assert s.handle(S.WorkerLeaving(2)) == [S.MoveObjects(2, ((a.ref_id, 1, "n1"),))]
+    assert stored_on(s, "n1") == 100 and stored_on(s, "pool-a") == 100   # charged at once
+    assert s.handle(S.ObjectsMoved(2, ((a.ref_id, 5, WHERE),), ())) == [S.LetGo(2)]
+    assert stored_on(s, "n1") == 100 and stored_on(s, "pool-a") == 0
+    assert s.handle(S.WorkerLost(2, WHY)) == [S.ForgetWorker(2, WHY)]
+    lost, obj = s.where_is(a.ref_id)
+    assert lost == "" and (obj.rank, obj.node) == (1, "n1") and s.moved[a.ref_id] == (5, WHERE)
+    task = TaskMsg(0, FN, b"fn", b"args", TaskOptions(), "pool-a", (a.ref_id,))
+    assert s.handle(S.Submitted(7, [task])) == [S.SendWork(1, [Work(
+        0, FN, b"fn", b"args", None, None, (), (), ((a.ref_id, 1, "n1", WHERE, 5),))])]
+    assert s.handle(S.FreeRequested(7, [a.ref_id])) == [S.DropObjects(1, [a.ref_id])]
+    assert s.moved == {} and stored_on(s, "n1") == 0
+
+
+def test_an_object_without_room_elsewhere_is_lost_with_the_reason():
+    s = world()
+    a = put(s, "pool-a", nbytes=900)
+    put(s, "n1", nbytes=200, req=1)
+    assert s.handle(S.WorkerLeaving(2)) == [S.LetGo(2)]   # 900 > the 800 free on n1
+    s.handle(S.WorkerLost(2, WHY))
+    assert s.where_is(a.ref_id)[0] == (
+        f"object {a.ref_id} was stored on node pool-a (worker 2), which is gone: {WHY}; it "
+        "was not moved to another node: no other node had room for its 900 bytes (900 B) in "
+        "its memory budget for functions (bytes free: n1 800). Its data went with it; put it "
+        "again (ex.put), and keep a copy of what you cannot lose outside the world")
+
+
+def test_a_failed_copy_gives_the_room_back_and_says_why_when_lost():
+    s = world()
+    a = put(s, "pool-a")
+    s.handle(S.WorkerLeaving(2))
+    assert s.handle(S.ObjectsMoved(2, (), ((a.ref_id, "ObjectLost: refused"),))) == [
+        S.LetGo(2), S.DropObjects(1, [a.ref_id])]
+    assert stored_on(s, "n1") == 0
+    s.handle(S.WorkerLost(2, WHY))
+    assert "not moved to another node: copying it to worker 1 on n1 failed: ObjectLost: " \
+        "refused" in s.where_is(a.ref_id)[0]
+
+
+def test_an_object_freed_while_it_moves_is_released_at_both_ends():
+    s = world()
+    a = put(s, "pool-a")
+    s.handle(S.WorkerLeaving(2))
+    assert s.handle(S.FreeRequested(7, [a.ref_id])) == [S.DropObjects(2, [a.ref_id])]
+    assert s.handle(S.ObjectsMoved(2, ((a.ref_id, 5, WHERE),), ())) == [
+        S.LetGo(2), S.DropObjects(1, [a.ref_id])]
+    assert stored_on(s, "n1") == 0 and s.moved == {}
+
+
+def test_a_leaving_worker_lost_before_its_copies_are_reported_loses_them():
+    s = world()
+    a = put(s, "pool-a")
+    s.handle(S.WorkerLeaving(2))
+    assert s.handle(S.WorkerLost(2, WHY)) == [S.ForgetWorker(2, WHY),
+                                              S.DropObjects(1, [a.ref_id])]
+    assert stored_on(s, "n1") == 0
+    assert "it was being copied to another node when its worker went" in s.where_is(a.ref_id)[0]
