@@ -44,6 +44,8 @@ def run_work(work, cache: dict, where: dict):
     except BaseException as exc:  # noqa: BLE001 - anything may come out of unpickling
         return Outcome(work.gid, Status.BAD_INPUT, dump_exception(exc), started, time.time())
     try:
+        if work.moved:
+            store.relocate(work.moved)
         args, kwargs = store.resolve(args, kwargs)
     except Exception as exc:  # noqa: BLE001 - e.g. ObjectLost: the caller's error, as raised
         return Outcome(work.gid, Status.RAISED, dump_exception(exc), started, time.time(),

@@ -6,7 +6,8 @@ Part of :class:`colocate._connection.Connection` (a mixin: it uses the connectio
 answered by a ``PutReply``), then sends the data to that worker's data port itself
 (:mod:`colocate.datalink`); on the worker's machine it is copied into a segment reserved ahead
 (:mod:`colocate._putahead`). When the last ``Ref`` of an object this client owns is gone, the
-connection thread tells rank 0 (``FreeRefs``).
+connection thread tells rank 0 (``FreeRefs``). A read whose holder fails it asks rank 0 where
+the object is now, or why it is gone (``WhereIs``, answered by an ``ObjectWhere``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 from . import store
 from .datalink import Reservation
-from .errors import StoreFull
-from .messages import PutReply, PutRequest
+from .errors import BrokenWorld, StoreFull
+from .messages import ObjectWhere, PutReply, PutRequest, WhereIs
 
 
 class StoreClient:
@@ -100,6 +101,21 @@ class StoreClient:
                 for oid in ids:
                     self.release(oid)
         return spares
+
+    def locate(self, oid: int) -> ObjectWhere | None:
+        """Ask rank 0 where object ``oid`` is now, or why it is gone (``None``: no answer).
+
+        Only after its holder failed a read (:func:`colocate.datalink.fetch`): never on the
+        common path.
+        """
+        if self.broken is not None or self.closing:
+            return None
+        req = next(self.req_ids)
+        try:
+            return self.request(WhereIs(req, oid), ObjectWhere, timeout=10.0,
+                                match=lambda r, req=req: r.req == req)
+        except (BrokenWorld, TimeoutError):
+            return None
 
     def own(self, ref: store.Ref) -> None:
         """Make this connection the owner of ``ref``: its object goes when ``ref`` does."""

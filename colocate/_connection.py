@@ -210,8 +210,10 @@ class Connection(StoreClient):
         self.cancel_unanswered = False   # a cancel's round trip timed out once: never wait again
         self.lease: _LeaseLink | None = None
         self.world = store.world_id(address.token)
-        from .datalink import register_world
+        from .datalink import register_locator, register_world
         register_world(self.world, address.token, transport)
+        locate = weakref.WeakMethod(self.locate)   # (the registry keeps no connection alive)
+        register_locator(self.world, lambda oid: None if (m := locate()) is None else m(oid))
         self.refs: dict[int, weakref.ref] = {}   # objects this client owns: id -> live Ref
         self.refs_lock = threading.Lock()
         self.to_free: deque[int] = deque()        # appended by finalizers: no lock taken there
@@ -259,7 +261,8 @@ class Connection(StoreClient):
             # thread batches what accumulates.
             direct = not self.outbox and not self.inflight
             msg = TaskMsg(next(self.ids), fn_hash, None, payload, opts,
-                          store.preferred_node(refs))
+                          store.preferred_node(refs),
+                          tuple(r.id for r in refs if r.world == self.world) if refs else ())
             link = self.lease if direct and self.lease is not None and leasable(msg) else None
             sent_fns = self.sent_fns if link is None else link.fns
             if fn_hash not in sent_fns:

@@ -246,8 +246,43 @@ class DropObjects:
     ids: list[int]
 
 
+@_record
+class WorkerLeaving:
+    """A joined worker gave back or finished all it had and is leaving (``Leaving``)."""
+
+    rank: int
+
+
+@_record
+class ObjectsMoved:
+    """The leaving ``rank`` copied its objects.
+
+    ``done``: ``(id, fd, where)`` at each new holder; ``failed``: ``(id, why)``.
+    """
+
+    rank: int
+    done: tuple
+    failed: tuple
+
+
+@_record
+class MoveObjects:
+    """Have the leaving ``rank`` copy objects to other workers: ``(id, rank, node)`` each."""
+
+    rank: int
+    moves: tuple
+
+
+@_record
+class LetGo:
+    """The leaving ``rank`` may go (``Shutdown``): nothing of it is left to move."""
+
+    rank: int
+
+
 Event = (ClientJoined | ClientLeft | Submitted | CancelRequested | WorkerJoined | WorkerDone
          | HeardFrom | WorkerLost | WorkerPaused | Tick | DrainRequested | DrainDeadline
+         | WorkerLeaving | ObjectsMoved
          | PutRequested | FreeRequested | AheadUsed | LeaseEnded | DirectDone)
 Instruction = (SendWork | Deliver | CutOff | ForgetWorker | Exit | PutGranted | PutRefused
-               | DropObjects | GrantLease | EndLease | ReturnAhead)
+               | DropObjects | GrantLease | EndLease | ReturnAhead | MoveObjects | LetGo)

@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import (
     MemoryLimitExceeded,
+    ObjectLost,
     SerializationError,
     TaskError,
     TaskInterrupted,
@@ -59,6 +60,8 @@ def task_error(label: str, res: ResultMsg, world_size: int) -> BaseException:
         return WorkerLost(f"{label}: {detail}{tries}", **kw)
     if status == Status.INTERRUPTED:
         return TaskInterrupted(f"{label}: interrupted ({detail})", **kw)
+    if status == Status.NO_OBJECT:   # (not a TaskError: the same type a get() raises)
+        return ObjectLost(f"{label} was not run: an argument's {detail}")
     if status == Status.CANCELLED:
         return TaskInterrupted(f"{label}: cancelled before it started", **kw)
     return TaskError(f"{label}: {detail}", **kw)

@@ -46,8 +46,10 @@ import pickle
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from . import store
 from .bell import ring_up
 from .errors import ObjectLost
 from .messages import StoreAddress
@@ -418,8 +420,25 @@ class _MapCache:
 _maps = _MapCache()
 
 
+_locators: dict[str, Callable[[int], Any]] = {}   # world id -> asks rank 0 where an object is
+
+
+def register_locator(world: str, locate: Callable[[int], Any]) -> None:
+    """How this process asks rank 0 of ``world`` where an object is when its holder fails it.
+
+    ``locate(id)`` returns an :class:`~colocate.messages.ObjectWhere` or ``None`` (no answer).
+    Clients register one; executor children have none (rank 0 checks their arguments at
+    dispatch instead).
+    """
+    _locators[world] = locate
+
+
 def fetch(ref: Ref, *, copy: bool = True, out: Any = None) -> Any:
     """Read the object ``ref`` names (see :meth:`colocate.store.Ref.get`).
+
+    When its holder cannot serve it, rank 0 is asked (once) where it is: another holder (it
+    was moved) is read instead, and ``ref`` points there from then on; an object rank 0 knows
+    to be lost raises ``ObjectLost`` with rank 0's account of where it was and why it went.
 
     Args:
         copy: ``False`` maps a same-machine array read-only instead of copying (functions).
@@ -428,6 +447,24 @@ def fetch(ref: Ref, *, copy: bool = True, out: Any = None) -> Any:
     Raises:
         ObjectLost: freed, or the worker rank is gone.
     """
+    if store._relocated:   # (in an executor child: arguments moved off a worker that left)
+        store.follow(ref)
+    try:
+        return _fetch(ref, copy, out)
+    except ObjectLost:
+        locate = _locators.get(ref.world)
+        answer = None if ref._freed or locate is None else locate(ref.id)
+        if answer is None:
+            raise
+        if answer.lost:
+            raise ObjectLost(answer.lost) from None
+        if (answer.rank, answer.where) == (ref.rank, ref.where):
+            raise   # still where it was: the holder's own answer says what is wrong
+        ref.rank, ref.node, ref.where, ref.fd = answer.rank, answer.node, answer.where, answer.fd
+    return _fetch(ref, copy, out)
+
+
+def _fetch(ref: Ref, copy: bool, out: Any) -> Any:
     if ref._freed:
         raise ObjectLost(f"object {ref.id} ({ref.describe()}) was freed by this client")
     if out is not None:

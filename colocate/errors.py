@@ -136,6 +136,9 @@ class StoreFull(ColocateError, MemoryError):
 class ObjectLost(ColocateError, LookupError):
     """The object a ``Ref`` names cannot be read: it was freed, or its worker rank is gone.
 
-    Objects live in the memory of one worker rank and die with it; keep what you cannot lose
-    elsewhere too, and put it again after a loss.
+    Raised by ``Ref.get``, and by the future of a task whose argument names such an object
+    (rank 0 then never sends the task). When its holder went away, the message says which node
+    it was on and why (a joined worker that left on SIGTERM or whose batch job ended, a worker
+    that died, a link that was lost). Objects live in the memory of one worker and die with it;
+    keep what you cannot lose elsewhere too, and put it again after a loss.
     """

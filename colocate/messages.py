@@ -66,6 +66,7 @@ class Status(IntEnum):
     LOST = 9          # its worker rank stopped answering
     CANCELLED = 10    # dropped from the queue on request
     REJECTED = 11     # can never run here (asks more than any node has)
+    NO_OBJECT = 12    # an argument's object is lost (its holder went away): ObjectLost
 
 
 # Outcomes after which a task is tried again while it has retries left.
@@ -122,6 +123,7 @@ class TaskMsg(NamedTuple):
     args: bytes
     options: TaskOptions
     prefer: str | None = None   # node holding most of the task's argument Refs (by bytes)
+    refs: tuple[int, ...] = ()  # ids of the objects its arguments name (checked at dispatch)
 
 
 class Submit(NamedTuple):
@@ -196,6 +198,25 @@ class UsedAhead(NamedTuple):
     ids: list[int]        # spares granted ahead that puts have filled
 
 
+class WhereIs(NamedTuple):
+    """Client to rank 0: where is object ``id`` now? Sent only when its holder failed a read."""
+
+    req: int
+    id: int
+
+
+class ObjectWhere(NamedTuple):
+    """Rank 0's answer to ``WhereIs``: its holder now, or why it is gone (``lost``)."""
+
+    req: int
+    id: int
+    lost: str = ""        # set: the object is gone, and this says where it was and why
+    rank: int = -1        # else its holder (another one if it was moved)
+    node: str = ""
+    where: StoreAddress | None = None
+    fd: int = -1
+
+
 # ----- rank 0 <-> worker ranks, worker <-> executor child -----------------------------------------
 class Work(NamedTuple):
     gid: int
@@ -206,6 +227,8 @@ class Work(NamedTuple):
     memory: int | None
     cores: tuple[int, ...] = ()   # a multi-core task's cores (its own plus lent ones); () = own
     gpus: tuple[str, ...] = ()    # GPU ids for CUDA_VISIBLE_DEVICES
+    moved: tuple = ()             # (id, rank, node, where, fd) of argument objects moved since
+    #                               their Ref was made (colocate.store.relocate)
 
 
 class Dispatch(NamedTuple):
@@ -283,6 +306,23 @@ class DropObjects(NamedTuple):
     ids: list[int]
 
 
+class MoveOut(NamedTuple):
+    """Rank 0 to a leaving joined worker: copy these objects to their new holders first.
+
+    ``moves``: ``(id, rank, node, where)`` each. The worker sends each with the data path of a
+    put, answers ``MovedOut``, and rank 0 then says ``Shutdown``.
+    """
+
+    moves: list[tuple]
+
+
+class MovedOut(NamedTuple):
+    """A leaving worker to rank 0: ``done`` ``(id, rank, fd)``, ``failed`` ``(id, why)``."""
+
+    done: list[tuple]
+    failed: list[tuple]
+
+
 # ----- leases (colocate.lease) -------------------------------------------------------------------
 class Lease(NamedTuple):
     """Rank 0 to a client: send your lone tasks to worker ``rank`` at ``host:port``."""
@@ -358,7 +398,7 @@ def to_wire(msg: Any) -> Any:
     """``msg`` in the form it is pickled in (see :func:`from_wire`)."""
     kind = type(msg)
     if kind is Submit:
-        return (_SUBMIT, [(*t[:4], tuple(t.options), t.prefer) for t in msg.tasks])
+        return (_SUBMIT, [(*t[:4], tuple(t.options), *t[5:]) for t in msg.tasks])
     if kind is Results:
         return (_RESULTS, [(r.id, int(r.status), r.payload,
                             None if r.info is None else tuple(r.info)) for r in msg.results])
@@ -375,7 +415,7 @@ def from_wire(obj: Any) -> Any:
         return obj
     tag, items = obj
     if tag == _SUBMIT:
-        return Submit([_task_msg((*t[:4], _options(t[4]), t[5])) for t in items])
+        return Submit([_task_msg((*t[:4], _options(t[4]), *t[5:])) for t in items])
     if tag == _RESULTS:
         return Results([_result_msg((*r[:3], None if r[3] is None else _info(r[3])))
                         for r in items])

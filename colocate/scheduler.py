@@ -60,6 +60,9 @@ from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
     HeardFrom,
     Instruction,
     LeaseEnded,
+    LetGo,
+    MoveObjects,
+    ObjectsMoved,
     PutGranted,
     PutRefused,
     PutRequested,
@@ -69,11 +72,12 @@ from ._events import (  # noqa: F401  (the server reads them as scheduler.X)
     Tick,
     WorkerDone,
     WorkerJoined,
+    WorkerLeaving,
     WorkerLost,
     WorkerPaused,
 )
 from ._placement import Placement, Placing
-from ._storebook import StoreBook, _Object
+from ._storebook import StoreBook, _Gone, _Object
 from .messages import (
     RETRYABLE,
     Outcome,
@@ -98,7 +102,7 @@ _new = tuple.__new__   # (builds a NamedTuple without the Python frame of its __
 
 class _Task:
     __slots__ = ("gid", "client", "cid", "fn_hash", "args", "opts", "attempts", "rank",
-                 "helpers", "cores", "gpus", "prefer")
+                 "helpers", "cores", "gpus", "prefer", "refs")
 
     def __init__(self, gid: int, client: int | None, msg: TaskMsg) -> None:
         self.gid = gid
@@ -113,6 +117,7 @@ class _Task:
         self.cores: tuple[int, ...] = ()
         self.gpus: tuple[str, ...] = ()
         self.prefer: str | None = msg.prefer
+        self.refs: tuple[int, ...] = msg.refs
 
 
 @dataclass(slots=True)
@@ -174,6 +179,10 @@ class Scheduler(StoreBook, Placing):
         self.held: dict[int, dict[int, None]] = {}   # rank -> ids of the objects it holds
         self.node_stored: dict[str, int] = {}
         self.objects_lost = 0
+        self.gone: dict[int, _Gone] = {}   # lost object -> where it was and why (oldest first)
+        self.moving: dict[int, dict[int, tuple]] = {}   # leaving rank -> id -> (rank, node, bytes)
+        self.unmoved: dict[int, str] = {}  # id -> why it could not be moved off a leaving rank
+        self.moved: dict[int, tuple] = {}  # moved object -> (fd, where) at its new holder
         self._next_ref = 1
         self._drops: dict[int, list[int]] = {}
         self.draining = False
@@ -246,6 +255,7 @@ class Scheduler(StoreBook, Placing):
         if rank is not None:
             self._end_lease(self.workers[rank])
         self._free([i for i, o in self.objects.items() if o.client == ev.client])
+        self._forget_gone(ev.client)
         for task in self.queues.pop(ev.client, ()):
             del self.tasks[task.gid]
         if ev.client in self.turn:
@@ -390,7 +400,8 @@ class Scheduler(StoreBook, Placing):
         self._limits = None
         if worker.lease:   # (its client sees the connection close and fails what it sent)
             self.leased.pop(worker.lease_client, None)
-        self._lose_objects(ev.rank)
+        self._cancel_moves(ev.rank)
+        self._lose_objects(ev.rank, ev.reason)
         self._index.room_changed.add(worker.node)
         served = self.tasks.get(worker.lent_to) if worker.lent_to is not None else None
         if served is not None and worker in served.helpers:   # it was lending its cores
@@ -493,6 +504,15 @@ class Scheduler(StoreBook, Placing):
             client = turn[0]
             queue = queues[client]
             task = queue[0]
+            if task.refs and self.gone:
+                lost = self.lost_argument(task.refs)
+                if lost is not None:   # it can only fail: with ObjectLost, never sent
+                    queue.popleft()
+                    if not queue:
+                        turn.popleft()
+                    blocked = 0
+                    self._finish(task, ResultMsg(task.cid, Status.NO_OBJECT, dumps(lost), None))
+                    continue
             opts = task.opts
             fn = task.fn_hash
             if opts.cores > 1 or opts.gpus:
@@ -527,7 +547,8 @@ class Scheduler(StoreBook, Placing):
             index.refile(worker)
             timeout = opts.timeout if opts.timeout is not None else self.default_timeout
             work = _new(Work, (task.gid, fn, fn_bytes, task.args, timeout, opts.memory,
-                               task.cores, task.gpus))
+                               task.cores, task.gpus,
+                               self.relocations(task.refs) if task.refs and self.moved else ()))
             batch = batches.get(worker.rank)
             if batch is None:
                 batches[worker.rank] = [work]

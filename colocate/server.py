@@ -2,16 +2,20 @@
 
 Reads: ``WorkerHello``/``Done``/``Heartbeat``/``LeaseEnded``/``DirectDone`` from worker ranks
 (MPI); ``Submit``/``Cancel``/``StatusRequest``/``StopRequest``/``PutRequest``/``FreeRefs``/``Bye``
-from clients (their streams); new connections on the listening socket; SIGTERM/SIGINT. Writes:
+and ``WhereIs`` (a read of an object failed: where is it, or why is it gone) from clients (their
+streams); new connections on the listening socket; SIGTERM/SIGINT. Writes:
 ``Dispatch``/``KillRunning``/``TakeBack``/``DropObjects``/``StartLease``/``EndLease``/``Shutdown``
-to workers, ``Welcome``/``Results``/``PutReply``/``Lease``/``StatusReply``/``Bye`` to clients, and
+to workers (and ``MoveOut`` to a leaving joined worker that holds objects, answered by
+``MovedOut``); ``Welcome``/``Results``/``PutReply``/``Lease``/``StatusReply``/``ObjectWhere``
+/``Bye`` to clients; and
 the address file. Stored objects' data never comes here: clients send it to the worker's data port
 (:mod:`colocate.datalink`). Leased clients' lone tasks never come here either
 (:mod:`colocate.lease`).
 
 Workers that join later over TCP (``colocate join``, :mod:`colocate.joined`) send and get the
 same messages on a stream of their own instead of MPI and a bell, and are known by ids from the
-world's size up. They may say ``Leaving`` (answered with ``Shutdown``); a joined worker whose
+world's size up. They may say ``Leaving`` (answered with ``Shutdown``, after ``MoveOut`` has had it
+copy its stored objects to other nodes where the budget allows); a joined worker whose
 stream closes is lost like a worker rank whose bell closes, and the world goes on.
 
 All decisions are the :class:`~colocate.scheduler.Scheduler`'s; this module only moves messages.
@@ -53,6 +57,9 @@ from .messages import (
     Lease,
     LeaseEnded,
     Leaving,
+    MovedOut,
+    MoveOut,
+    ObjectWhere,
     PauseCores,
     PutReply,
     PutRequest,
@@ -67,6 +74,7 @@ from .messages import (
     TakeBack,
     UsedAhead,
     Welcome,
+    WhereIs,
     WorkerHello,
 )
 from .stream import Stream
@@ -130,6 +138,7 @@ class Server:
         self.joined_ids: dict[Stream, int] = {}
         self.next_joined = comm.Get_size()
         self.leaving: set[int] = set()                # joined workers that said Leaving
+        self.leave_why: dict[int, str] = {}          # ... and why they left
         self.worker_job: dict[int, str] = {}          # joined worker -> its batch job's id
         self.pool = _Pool(cfg, address) if cfg["pool"]["max_jobs"] > 0 else None
 
@@ -276,7 +285,14 @@ class Server:
         elif kind is Leaving and rank in self.joined:
             log.info("joined worker %d is leaving: %s", rank, msg.reason)
             self.leaving.add(rank)
-            self._to_worker(rank, Shutdown())
+            self.leave_why[rank] = msg.reason
+            self._apply(S.WorkerLeaving(rank))   # Shutdown at once, or after its objects moved
+        elif kind is MovedOut and rank in self.leaving:
+            log.info("joined worker %d moved %d object(s) to other workers%s", rank,
+                     len(msg.done), f"; {len(msg.failed)} could not be" if msg.failed else "")
+            self._apply(S.ObjectsMoved(rank, tuple((oid, fd, self.stores.get(to))
+                                                   for oid, to, fd in msg.done),
+                                       tuple(msg.failed)))
         else:
             log.error("worker %d sent an unexpected %s; ignored", rank, kind.__name__)
 
@@ -288,8 +304,12 @@ class Server:
             self._from_worker(rank, msg, now)
         if stream.closed and rank in self.joined:
             node = self.sched.workers[rank].node if rank in self.sched.workers else "?"
-            why = ("left" if rank in self.leaving else
+            why = (f"left ({self.leave_why.pop(rank, '')})" if rank in self.leaving else
                    "exited (its connection closed)")
+            job = self.worker_job.get(rank)
+            if job:
+                why += f"; it ran in batch job {job}"
+
             self._forget_joined(rank)
             self._apply(S.WorkerLost(rank, f"joined worker {rank} on {node} {why}"))
 
@@ -324,6 +344,8 @@ class Server:
             self._apply(S.FreeRequested(client.id, msg.ids))
         elif kind is UsedAhead:
             self._apply(S.AheadUsed(client.id, msg.ids))
+        elif kind is WhereIs:
+            self._to_client(client, self._where_is(msg))
         elif kind is StatusRequest:
             self._to_client(client, StatusReply(self.status()))
         elif kind is StopRequest:
@@ -337,6 +359,15 @@ class Server:
             self._drop_client(client, "said goodbye")
         else:
             log.error("client %d sent an unexpected %s; ignored", client.id, kind.__name__)
+
+    def _where_is(self, msg: WhereIs) -> ObjectWhere:
+        """Answer a client whose read of object ``msg.id`` failed: its holder now, or why not."""
+        lost, obj = self.sched.where_is(msg.id)
+        if obj is None or obj.ahead:
+            return ObjectWhere(msg.req, msg.id, lost or f"object {msg.id} is not stored in this "
+                               "world (it was freed, or never stored here)")
+        fd, where = self.sched.moved.get(msg.id, (-1, self.stores.get(obj.rank)))
+        return ObjectWhere(msg.req, msg.id, "", obj.rank, obj.node, where, fd)
 
     # ----- instructions --------------------------------------------------------------------------
     def _apply(self, event: S.Event) -> None:
@@ -382,6 +413,11 @@ class Server:
                     self._to_client(client, Lease(ins.lease, ins.rank, host, port))
             elif kind is S.EndLease:
                 self._to_worker(ins.rank, EndLease(ins.lease))
+            elif kind is S.MoveObjects:
+                self._to_worker(ins.rank, MoveOut([(oid, to, node, self.stores.get(to))
+                                                   for oid, to, node in ins.moves]))
+            elif kind is S.LetGo:
+                self._to_worker(ins.rank, Shutdown())
             elif kind is S.Exit:
                 log.info("drained: every task has finished")
                 self.exiting = True

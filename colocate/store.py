@@ -370,6 +370,25 @@ def keep(value: Any) -> Ref:
     return keep_local(ctx, value)
 
 
+_relocated: dict[int, tuple] = {}   # object id -> (rank, node, where, fd): moved since put
+
+
+def relocate(moved: tuple) -> None:
+    """Note objects rank 0 says were moved (``Work.moved``: ``(id, rank, node, where, fd)``).
+
+    Their ``Ref`` s still name the worker that left; reads of them go to the new holder.
+    """
+    for oid, rank, node, where, fd in moved:
+        _relocated[oid] = (rank, node, where, fd)
+
+
+def follow(ref: Ref) -> None:
+    """Point ``ref`` at its object's new holder, if it was moved (see :func:`relocate`)."""
+    moved = _relocated.get(ref.id)
+    if moved is not None:
+        ref.rank, ref.node, ref.where, ref.fd = moved
+
+
 def resolve(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Replace top-level ``Ref`` arguments by their objects (arrays as read-only views)."""
     if not any(type(a) is Ref for a in args) and not any(

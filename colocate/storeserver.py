@@ -5,7 +5,8 @@ this is the answering side. One thread accepts connections on the data port (aut
 the world's token, as rank 0's socket), one more per connection serves its requests. The
 worker's main thread calls :meth:`StoreServer.drop` (rank 0 said ``DropObjects``),
 :meth:`StoreServer.take_kept` (objects a task kept, reported with its outcome) and
-:meth:`StoreServer.trim` (release pooled segments unused for a while).
+:meth:`StoreServer.trim` (release pooled segments unused for a while), and, when its worker
+leaves, :meth:`StoreServer.push` (copy an object to another worker, as a put would).
 """
 
 from __future__ import annotations
@@ -116,6 +117,31 @@ class StoreServer:
                     self._recycle(e.fd)
         self.trim()
         return freed
+
+    def push(self, oid: int, where: StoreAddress, rank: int, node: str) -> int:
+        """Copy object ``oid`` to the worker ``rank`` at ``where`` as a put; its fd there.
+
+        Raises:
+            LookupError: it is not held here.
+            ObjectLost: the other worker cannot be reached or refused it.
+        """
+        from .datalink import put, register_world
+        from .store import world_id
+        with self.lock:
+            entry = self.objects.get(oid)
+            fd = os.dup(entry.fd) if entry is not None and entry.fd >= 0 else -1
+        if entry is None:
+            raise LookupError(f"object {oid} is not held here")
+        world = world_id(self.token)
+        register_world(world, self.token)
+        if fd < 0:
+            return put(world, where, rank, node, oid, entry.meta, memoryview(entry.data))[1]
+        try:
+            with map_segment(fd, DATA_OFFSET + entry.nbytes, writable=False) as mm, \
+                    memoryview(mm) as view:
+                return put(world, where, rank, node, oid, entry.meta, view[DATA_OFFSET:])[1]
+        finally:
+            os.close(fd)
 
     def trim(self, now: float | None = None) -> None:
         """Release pooled segments unused for :data:`POOL_SECONDS`."""

@@ -19,9 +19,10 @@ A client holding a lease on this rank sends its lone tasks to the rank's task po
 their results from there (:class:`~colocate.lease.LeaseDesk`); they run in the same executor.
 
 Reads: ``Dispatch``, ``KillRunning``, ``TakeBack``, ``DropObjects``, ``StartLease``, ``EndLease``,
-``Shutdown`` from rank 0; leased tasks from clients; outcomes from the child. Writes:
-``WorkerHello``, ``Done`` (with the objects each task kept), ``Heartbeat``, ``PauseCores``,
-``LeaseEnded``, ``DirectDone`` to rank 0; leased results to clients; work to the child.
+``MoveOut`` (leaving: copy the stored objects elsewhere), ``Shutdown`` from rank 0; leased tasks
+from clients; outcomes from the child. Writes: ``WorkerHello``, ``Done`` (with the objects each
+task kept), ``Heartbeat``, ``PauseCores``, ``LeaseEnded``, ``DirectDone``, ``Leaving``,
+``MovedOut`` to rank 0; leased results to clients; work to the child.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from .messages import (
     Heartbeat,
     KillRunning,
     Leaving,
+    MovedOut,
+    MoveOut,
     Outcome,
     PauseCores,
     Shutdown,
@@ -192,7 +195,7 @@ class Worker:
         busy = (self.child is not None and self.child.busy) or self.unsent or self.desk.conns
         if not busy and not self.said_leaving:
             self._report([], flush=True)
-            self._send(Leaving("every task finished or given back"))
+            self._send(Leaving(f"{self.leave_asked[1]}; every task finished or given back"))
             self.said_leaving = True
         if now >= self.leave_by and self.running:
             log.warning("worker %d: the %g s grace is over; leaving with its running task cut "
@@ -324,11 +327,30 @@ class Worker:
                 self.child.take_back()
         elif kind is DropObjects:
             self.store.drop(msg.ids)
+        elif kind is MoveOut:
+            self._move_out(msg.moves)
         elif kind is Shutdown:
             self.left_cleanly = self.said_leaving
             self.running = False
         else:
             log.error("rank %d: unexpected message %r", self.rank, kind.__name__)
+
+    def _move_out(self, moves: list[tuple]) -> None:
+        """Leaving: copy objects to the workers rank 0 chose, within the grace; say how it went."""
+        done, failed = [], []
+        for oid, rank, node, where in moves:
+            if where is None:
+                failed.append((oid, f"worker {rank} on {node} has no data port"))
+            elif self.leave_by is not None and time.monotonic() >= self.leave_by:
+                failed.append((oid, f"the {self.leave_asked[0]:g} s grace was over"))
+            else:
+                try:
+                    done.append((oid, rank, self.store.push(oid, where, rank, node)))
+                except Exception as e:  # noqa: BLE001 - ObjectLost, LookupError: said as why
+                    failed.append((oid, f"{type(e).__name__}: {e}"))
+        log.info("worker %d leaving: %d object(s) copied to other workers, %d not", self.rank,
+                 len(done), len(failed))
+        self._send(MovedOut(done, failed))
 
     def _run(self, work: list[Work]) -> None:
         """Start work (from rank 0 or a leased client) in the executor, or inline."""

@@ -289,7 +289,8 @@ def test_a_lost_worker_makes_its_refs_fail_clearly(world_factory):
         os.kill(victim, signal.SIGKILL)
         colocate_wait(lambda: not _alive(victim), f"rank {ref.rank} (pid {victim}) to die")
         for r in (ref, small) if small.rank == ref.rank else (ref,):
-            with pytest.raises(ObjectLost, match=rf"worker rank {ref.rank} on .* is lost with"):
+            with pytest.raises(ObjectLost, match=rf"worker rank {ref.rank} on .* is lost with|"
+                                                 rf"\(worker {ref.rank}\), which is gone: "):
                 r.get()
 
 
