@@ -212,7 +212,7 @@ def roles(world: World) -> dict[str, list[psutil.Process]]:
             cmd = " ".join(p.cmdline())
         except psutil.Error:
             continue
-        kind = ("executor" if "colocate._child" in cmd else
+        kind = ("executor" if "colocate.child" in cmd else
                 "ranks" if "colocate serve" in cmd else "launcher")
         out[kind].append(p)
     return out

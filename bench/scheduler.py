@@ -4,9 +4,9 @@ Run: ``python bench/scheduler.py [--quick] [--workers 1,16,256,4096,65536] [--mi
 [--seconds S] [--json OUT]`` (a few minutes with the defaults; ``--quick``: small worlds, a few
 seconds, the suite's smoke test). Exit code 0 when it ran, whether or not the targets were met.
 
-No MPI and no processes: the real :class:`colocate.scheduler.Scheduler` is driven event by event,
-as the server loop drives it, with simulated one-core workers (``WorkerJoined``) on nodes of 64
-cores (node budget 32 GiB for functions; every fourth node has 4 GPUs) and one client. A
+No MPI and no processes: the real :class:`colocate.rank0.scheduler.Scheduler` is driven event by
+event, as the server loop drives it, with simulated one-core workers (``WorkerJoined``) on nodes of
+64 cores (node budget 32 GiB for functions; every fourth node has 4 GPUs) and one client. A
 *decision* is a task's ``Submitted`` and its ``WorkerDone``: the bench submits batches of 64
 tasks, answers every ``SendWork`` with a ``WorkerDone`` of OK outcomes (1 ms each, so short
 functions are sent ahead as in a real world), and counts tasks per second of wall time until
@@ -27,7 +27,7 @@ scheduler's allocations while W workers join, divided by W; below 64 workers tha
 the books of a whole node, so the target is checked from W = 64 on) and per queued task
 (every worker busy, then 10,000 more tasks, built inside the window: rank 0 holds their decoded
 messages too);
-the time of one ``WorkerLost`` (a rank with a running task and its share of ``--objects``
+the time of one ``WorkerGone`` (a rank with a running task and its share of ``--objects``
 stored objects, 100,000 by default spread over the ranks, at least one each; median of 5) and
 of pausing all
 ranks of one node (up to 64 ``WorkerPaused`` events).
@@ -54,8 +54,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _world import machine  # noqa: E402
 
-from colocate import scheduler as S  # noqa: E402
-from colocate.messages import Outcome, Status, TaskMsg, TaskOptions  # noqa: E402
+from colocate.rank0 import scheduler as S  # noqa: E402
+from colocate.wire.messages import Outcome, Status, TaskMsg, TaskOptions  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "scheduler.json"
@@ -196,7 +196,7 @@ def memory_and_events(workers: int, queued: int, objects: int) -> dict:
     lost = []
     for rank in range(workers, max(0, workers - 5), -1):   # each has a running task and objects
         t0 = time.perf_counter()
-        s.handle(S.WorkerLost(rank, "bench"))
+        s.handle(S.WorkerGone(rank, "bench"))
         lost.append(time.perf_counter() - t0)
     assert s.objects_lost == min(5, workers) * (stored // workers), "the lost ranks held objects"
     s = world(workers, gpu_nodes=False)
@@ -274,7 +274,7 @@ def table(rows: list[dict], mem: list[dict], checks: list[tuple[str, bool, str]]
         out.append(f"| {w:,} | " + " | ".join(cells) + " |")
     if mem:
         out += ["", "| workers | B/worker | B/queued task | objects stored (per rank) "
-                "| one WorkerLost (µs) | pause one node's ranks (µs) |",
+                "| one WorkerGone (µs) | pause one node's ranks (µs) |",
                 "|---:|---:|---:|---:|---:|---:|"]
         for m in mem:
             out.append(f"| {m['workers']:,} | {m['bytes_per_worker']:,.0f} | "
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.0, help="timed seconds per row (1)")
     p.add_argument("--queued", type=int, default=10_000, help="tasks queued for bytes/task")
     p.add_argument("--objects", type=int, default=100_000,
-                   help="objects stored (spread over the ranks) when WorkerLost is timed")
+                   help="objects stored (spread over the ranks) when WorkerGone is timed")
     p.add_argument("--rounds", type=int, default=1,
                    help="run everything this many times; the table is the median per cell")
     p.add_argument("--quick", action="store_true", help="small worlds, short rows")

@@ -6,9 +6,11 @@ Run: ``python bench/simulate.py [--quick] [--nodes 1000] [--cores 64] [--tasks 1
 Rank 0 and each node leader are serial servers: a message waits until the one before it is
 handled. What handling costs is measured on this machine, not assumed:
 
-* the scheduler's part: the real :class:`colocate.scheduler.Scheduler`, driven by the simulated
+* the scheduler's part: the real :class:`colocate.rank0.scheduler.Scheduler`, driven by the
+simulated
   messages; each ``handle`` call's wall time is the time rank 0 is busy with it;
-* a message's (de)serialization: ``pickle`` of the wire form (:func:`colocate.messages.to_wire`)
+* a message's (de)serialization: ``pickle`` of the wire form
+(:func:`colocate.wire.messages.to_wire`)
   of the real ``Dispatch``/``Done``/``Submit``/``Results`` messages, timed here, per message and
   per task;
 * the MPI library's part: ``--mpi-us`` per message sent or received (default 4.5 µs, half the
@@ -52,8 +54,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _world import machine  # noqa: E402
 
-from colocate import scheduler as S  # noqa: E402
-from colocate.messages import (  # noqa: E402
+from colocate.rank0 import scheduler as S  # noqa: E402
+from colocate.wire.messages import (  # noqa: E402
     Dispatch,
     Done,
     Outcome,

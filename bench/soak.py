@@ -284,7 +284,7 @@ def children(proc: psutil.Process) -> tuple[list[int], list[int]]:
         try:
             if c.status() == psutil.STATUS_ZOMBIE:
                 zombies.append(c.pid)
-            elif "colocate._child" in c.cmdline():
+            elif "colocate.child" in c.cmdline():
                 live.append(c.pid)
         except psutil.Error:
             continue

@@ -15,7 +15,7 @@ What it measures, in one run on one machine:
 * **store**: a world of one worker rank (``mpiexec -n 2 colocate serve``) and this process as
   its client. ``put`` (each object is freed before the next put, so segments are reused as in a
   steady state; after the first, a put fills the segment reserved ahead for its size, see
-  ``colocate/_putahead.py``), then, in a loop of their own over one stored object, ``get`` (a
+  ``colocate/store/putahead.py``), then, in a loop of their own over one stored object, ``get`` (a
   new array) and ``get(out=)`` (into an existing array), through shared memory (client and
   worker on one machine, ``store.transport: auto``) and through TCP (``store.transport: tcp``,
   the path between nodes, here over loopback).

@@ -1,5 +1,5 @@
 """``python -m colocate`` is the ``colocate`` command."""
 
-from .cli import main
+from colocate.cli import main
 
 raise SystemExit(main())

@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import Any
 
-from .errors import ColocateError, ConfigError
+from colocate.errors import ColocateError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -186,9 +186,9 @@ def _join(args: argparse.Namespace) -> int:
     import mpi4py
     mpi4py.rc.initialize = False   # a joined worker is not an MPI process: never start MPI
     mpi4py.rc.finalize = False
-    from . import config
-    from .colocation.cpulist import parse_cpulist
-    from .joined import join
+    from colocate import config
+    from colocate.colocation.cpulist import parse_cpulist
+    from colocate.worker.joined import join
     if not args.address:
         raise ConfigError("no world to join: expected --address FILE (the address file that "
                           "`colocate serve` wrote) or COLOCATE_ADDRESS")
@@ -202,14 +202,15 @@ def _serve(args: argparse.Namespace) -> int:
     # is being set up is kept and acted on once it is, rather than killing this rank in the
     # middle of a collective and leaving the others hung in it.
     early = EarlySignals()
-    from . import _owner, config
+    from colocate import config
+    from colocate.rank0 import owner as _owner
     cfg = config.load(args.config)
     try:
         owner = None if args.owner is None else _owner.parse(args.owner)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    from . import comm
-    from .world import serve
+    from colocate.wire import mpi as comm
+    from colocate.world.serve import serve
     try:
         return serve(cfg, args.address_file or cfg["server"]["address_file"],
                      early_signals=early, owner=owner)
@@ -257,7 +258,7 @@ def _need_address(args: argparse.Namespace) -> str:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from .client import Executor
+    from colocate.client.executor import Executor
     ex = Executor(address=_need_address(args))
     ex.stop_server(drain=not args.now)
     ex.shutdown()
@@ -267,7 +268,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .client import Executor
+    from colocate.client.executor import Executor
     ex = Executor(address=_need_address(args))
     try:
         st = ex.status()
@@ -310,8 +311,8 @@ def render_status(st: dict) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from . import config
-    from .colocation.info import collect, render
+    from colocate import config
+    from colocate.colocation.info import collect, render
     cfg = config.load(args.config)
     report = collect(cfg["co_location"], cfg["guard"], own_pids=[os.getpid()])
     print(json.dumps(report, indent=1) if args.json else render(report))
@@ -319,8 +320,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .batch.commands import cmd_run
-    from .client import Executor, _launched_by_mpi
+    from colocate.batch.commands import cmd_run
+    from colocate.client.executor import Executor, _launched_by_mpi
     if args.address and args.n is not None:
         raise ConfigError(f"-n {args.n} sizes a local world, but --address names a running "
                           "server with its own workers; drop one of them")
@@ -354,10 +355,10 @@ def plan_workers(n: int | None, config_file: str | None = None, stream: Any = No
     ``n``: the ``-n`` asked for (None: one per spare core). Returns the number to start;
     ``plan``, if given, gets ``cores`` (the spare cores, as a list like ``0-3``).
     """
-    from . import config
-    from .colocation.cpulist import format_cpulist
-    from .colocation.info import world_plan
-    from .colocation.spare import discover_spare_cores
+    from colocate import config
+    from colocate.colocation.cpulist import format_cpulist
+    from colocate.colocation.info import world_plan
+    from colocate.colocation.spare import discover_spare_cores
     err = stream if stream is not None else sys.stderr
     found = discover_spare_cores(config.load(config_file)["co_location"], own_pids=[os.getpid()])
     spare = found.cores
@@ -383,7 +384,7 @@ def plan_workers(n: int | None, config_file: str | None = None, stream: Any = No
 
 def _drain_grace(config_file: str | None) -> float:
     """``server.drain_grace``: how long a drain waits for running tasks."""
-    from . import config
+    from colocate import config
     return config.load(config_file)["server"]["drain_grace"]
 
 
@@ -393,8 +394,8 @@ def _run_in_this_world(args: argparse.Namespace, progress: bool | None) -> int:
 
     from mpi4py import MPI
 
-    from .batch.commands import cmd_run
-    from .embed import embed
+    from colocate.batch.commands import cmd_run
+    from colocate.world.embed import embed
     comm = MPI.COMM_WORLD
     if comm.Get_size() < 3:
         raise ConfigError(f"found {comm.Get_size()} ranks, needs at least 3 under mpiexec: one "
@@ -408,8 +409,8 @@ def _run_in_this_world(args: argparse.Namespace, progress: bool | None) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from .batch.commands import cmd_run
-    from .client import Executor
+    from colocate.batch.commands import cmd_run
+    from colocate.client.executor import Executor
     address = _need_address(args)
     if not args.wait:
         return _submit_detached(args, address)
@@ -428,8 +429,8 @@ def _submit_detached(args: argparse.Namespace, address: str) -> int:
     import subprocess
     import time
 
-    from . import address as addr
-    from .batch.commands import plan_run
+    from colocate.batch.commands import plan_run
+    from colocate.wire import address as addr
     notes: list[str] = []
     spec, run_dir, resuming = plan_run(args.batch, args.resume, args.output, notes)
     addr.read(address)   # fail now, not in the background, if there is no server
@@ -457,12 +458,12 @@ def _submit_detached(args: argparse.Namespace, address: str) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .batch.commands import cmd_report
+    from colocate.batch.commands import cmd_report
     return cmd_report(args.run_dir, args.plot, rows=args.rows)
 
 
 def _results(args: argparse.Namespace) -> int:
-    from .batch.commands import cmd_results
+    from colocate.batch.commands import cmd_results
     columns = None if args.columns is None else [c.strip() for c in args.columns.split(",")
                                                  if c.strip()]
     return cmd_results(args.run_dir, args.format, columns)
@@ -471,9 +472,9 @@ def _results(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import time
 
-    from .batch.commands import cmd_run
-    from .client import Executor
-    from .demo import demo_batch_path
+    from colocate.batch.commands import cmd_run
+    from colocate.client.executor import Executor
+    from colocate.demo import demo_batch_path
     if args.spare_cores:
         os.environ["COLOCATE_CO_LOCATION_SPARE_CORES"] = args.spare_cores
     # The demo's batch file lives in the installed package: its run goes to the current

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from colocate.errors import ConfigError
 
 Config = dict[str, dict[str, Any]]
 

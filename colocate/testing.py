@@ -122,7 +122,7 @@ def batch_records(run_dir: str | os.PathLike) -> list[dict]:
 
     None while the run has not made its journal yet; a line still being written is left out.
     """
-    from .batch.journal import RESULTS, iter_records
+    from colocate.batch.journal import RESULTS, iter_records
     path = Path(run_dir) / RESULTS
     return list(iter_records(path)) if path.exists() else []
 

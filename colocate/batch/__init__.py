@@ -33,8 +33,8 @@ from .schema import (
     UNSET,
     BatchConfigError,
     BatchSpec,
+    BatchTaskOptions,
     BlockSpec,
-    TaskOptions,
     TaskSpec,
     load_batch,
     parse_batch,
@@ -43,7 +43,7 @@ from .schema import (
 __all__ = [
     "EXIT_CONFIG", "EXIT_FAILED", "EXIT_INCOMPLETE", "EXIT_OK", "UNSET",
     "BatchConfigError", "BatchSpec", "BlockSpec", "LazyArray", "Progress", "RunDir",
-    "RunSummary", "StoredResult", "TaskOptions", "TaskSpec",
+    "RunSummary", "StoredResult", "BatchTaskOptions", "TaskSpec",
     "cmd_report", "cmd_results", "cmd_run", "exit_code", "format_summary", "iter_records",
     "load", "load_batch",
     "parse_batch", "plot_timeline", "render_summary", "resolve_exception", "resolve_function",

@@ -60,7 +60,7 @@ from ._yaml import BatchConfigError, MarkedDict, MarkedList, line_of, load_marke
 from .data import check_npy, refs_in
 from .functions import resolve_exception, resolve_function, split_ref, unexpected_arguments
 
-__all__ = ["BatchConfigError", "BatchSpec", "BlockSpec", "TaskOptions", "TaskSpec", "UNSET",
+__all__ = ["BatchConfigError", "BatchSpec", "BlockSpec", "BatchTaskOptions", "TaskSpec", "UNSET",
            "load_batch", "parse_batch"]
 
 OPTION_KEYS = ("cores", "memory", "gpus", "timeout", "retries", "retry_on")
@@ -84,7 +84,7 @@ UNSET = _Unset.UNSET
 
 
 @dataclass(frozen=True, repr=False)
-class TaskOptions:
+class BatchTaskOptions:
     """Per-task options from a batch file; a field left ``UNSET`` takes the executor's default.
 
     ``memory`` is in bytes; ``memory=None`` and ``timeout=None`` mean "no limit" explicitly.
@@ -99,14 +99,14 @@ class TaskOptions:
     retry_on: tuple[str, ...] | _Unset = UNSET
 
     def __repr__(self) -> str:
-        return f"TaskOptions({', '.join(f'{k}={v!r}' for k, v in self.given().items())})"
+        return f"BatchTaskOptions({', '.join(f'{k}={v!r}' for k, v in self.given().items())})"
 
     def given(self) -> dict[str, Any]:
         """The options that are set, as ``{name: value}``."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if getattr(self, f.name) is not UNSET}
 
-    def merged(self, override: TaskOptions) -> TaskOptions:
+    def merged(self, override: BatchTaskOptions) -> BatchTaskOptions:
         """These options with every option set in ``override`` replacing ours."""
         return replace(self, **override.given())
 
@@ -131,7 +131,7 @@ class TaskSpec:
     function: str
     args: tuple
     kwargs: dict
-    options: TaskOptions
+    options: BatchTaskOptions
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class BlockSpec:
 
     name: str
     function: str
-    defaults: TaskOptions
+    defaults: BatchTaskOptions
     n_tasks: int
     line: int | None = None
 
@@ -223,7 +223,7 @@ class _Call:
 
     __slots__ = ("args", "kwargs", "options", "key", "line")
 
-    def __init__(self, args: tuple, kwargs: dict, options: TaskOptions, key: str,
+    def __init__(self, args: tuple, kwargs: dict, options: BatchTaskOptions, key: str,
                  line: int | None):
         self.args, self.kwargs, self.options, self.key, self.line = (
             args, kwargs, options, key, line)
@@ -381,7 +381,7 @@ class _Parser:
                       key, node, key)
         return value
 
-    def block(self, node: Any, path: str, defaults: TaskOptions, parent: MarkedList,
+    def block(self, node: Any, path: str, defaults: BatchTaskOptions, parent: MarkedList,
               index: int) -> tuple:
         node = self.mapping(node, path, parent, index,
                             f"a block mapping with keys {', '.join(BLOCK_KEYS)}")
@@ -394,7 +394,7 @@ class _Parser:
                            node, "defaults")
         return self.block_body(node, path, defaults.merged(own), node.get("name"))
 
-    def block_body(self, node: MarkedDict, path: str, defaults: TaskOptions,
+    def block_body(self, node: MarkedDict, path: str, defaults: BatchTaskOptions,
                    name: Any) -> tuple:
         ref = self.function(node["function"], _join(path, "function"), node)
         if name is None:
@@ -442,7 +442,7 @@ class _Parser:
         self._fits.add(shape)
 
     # ----- tasks -------------------------------------------------------------------------------
-    def tasks(self, node: Any, path: str, defaults: TaskOptions, parent: Any,
+    def tasks(self, node: Any, path: str, defaults: BatchTaskOptions, parent: Any,
               key: Any) -> list[_Call]:
         if isinstance(node, dict):
             if "product" in node or "zip" in node:
@@ -465,7 +465,7 @@ class _Parser:
                 calls.append(self.call(item, item_path, defaults))
         return calls
 
-    def call(self, node: MarkedDict, path: str, defaults: TaskOptions) -> _Call:
+    def call(self, node: MarkedDict, path: str, defaults: BatchTaskOptions) -> _Call:
         self.keys(node, CALL_KEYS, path)
         args = self.args(node, path)
         kwargs = self.kwargs(node, path)
@@ -491,7 +491,7 @@ class _Parser:
         return {name: self.plain(value, _join(kpath, name), kwargs, name)
                 for name, value in kwargs.items()}
 
-    def sweep(self, node: MarkedDict, path: str, defaults: TaskOptions) -> list[_Call]:
+    def sweep(self, node: MarkedDict, path: str, defaults: BatchTaskOptions) -> list[_Call]:
         self.keys(node, SWEEP_KEYS, path)
         if "product" in node and "zip" in node:
             self.fail("a sweep has either 'product' or 'zip', not both; write two sweeps in a "
@@ -531,7 +531,7 @@ class _Parser:
 
     # ----- options -----------------------------------------------------------------------------
     def options(self, node: Any, valid: tuple[str, ...], path: str, parent: Any, key: Any,
-                lines: MarkedDict | None = None) -> TaskOptions:
+                lines: MarkedDict | None = None) -> BatchTaskOptions:
         node = self.mapping(node, path, parent, key,
                             f"a mapping of options ({', '.join(OPTION_KEYS)})")
         self.keys(node, valid, path)
@@ -572,7 +572,7 @@ class _Parser:
                         self.fail(str(exc), _join(vpath, i), value, i)
                 value = tuple(value)
             values[name] = value
-        return TaskOptions(**values)
+        return BatchTaskOptions(**values)
 
 
 def output_problem(path: Path) -> str | None:

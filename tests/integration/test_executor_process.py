@@ -17,10 +17,10 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from colocate._frames import PIPE_SIZE
-from colocate.executor import ExecutorProcess
-from colocate.messages import FunctionPickler, Status, Work, dumps, loads
 from colocate.testing import wait_for_file
+from colocate.wire.messages import FunctionPickler, Status, Work, dumps, loads
+from colocate.wire.pipe import PIPE_SIZE
+from colocate.worker.childhandle import ChildHandle
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -48,7 +48,7 @@ def die(code):
 class Driver:
     """Builds Work items and runs the loop a worker rank runs around its child."""
 
-    def __init__(self, child: ExecutorProcess) -> None:
+    def __init__(self, child: ChildHandle) -> None:
         self.child = child
         self.pickler = FunctionPickler()
         self.fn_store: dict[bytes, bytes] = {}
@@ -82,7 +82,7 @@ class Driver:
 
 @pytest.fixture
 def child():
-    ep = ExecutorProcess({"cores": None, "priority": "normal", "threads": 1})
+    ep = ChildHandle({"cores": None, "priority": "normal", "threads": 1})
     ep.start()
     yield ep
     ep.kill()

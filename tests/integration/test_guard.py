@@ -121,7 +121,7 @@ def test_guard_pauses_executor_under_host_load_and_resumes_after(procs, action):
 def test_the_worlds_own_processes_are_not_host_load():
     """A worker's guard counts rank 0, the other ranks and the launcher's proxy as ours."""
     from colocate.config import load
-    from colocate.confinement import Confinement
+    from colocate.worker.confinement import Confinement
     cfg = load(None, environ={"COLOCATE_CO_LOCATION_CGROUPS": '"off"'})
     conf = Confinement(cfg, 1, [CORE], 2**30, lambda paused: None, peers=[4242, 4343])
     try:

@@ -19,10 +19,10 @@ import pytest
 
 import colocate
 from colocate import Executor, SerializationError, TaskTimeout, WorkerCrashed, WorkerLost
-from colocate.bell import answer, listen
-from colocate.messages import Lease, LeaseOver, Submit
-from colocate.stream import Stream
 from colocate.testing import crash
+from colocate.wire.bell import answer, listen
+from colocate.wire.messages import Lease, LeaseOver, Submit
+from colocate.wire.stream import Stream
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -202,7 +202,7 @@ def test_stop_kills_every_process_of_a_hung_world(colocate_env):
     # Rank 0 and the worker rank frozen: SIGTERM reaches nobody who acts on it, so stop()
     # must find mpiexec, its proxy, both ranks and the executor child, each in a session of
     # its own, and kill them; and remove the cgroups the killed worker left.
-    from colocate._localworld import LocalWorld
+    from colocate.client.localworld import LocalWorld
     world = LocalWorld(1, None, 90.0)
     with open(world.path) as f:
         rank0 = json.load(f)["pid"]
@@ -277,4 +277,4 @@ def test_a_served_world_outlives_its_clients(world_factory, subprocess_env):
 
 
 def _task_running(tag: str) -> bool:
-    return any("colocate._child" in " ".join(p.cmdline()) for p in tagged_processes(tag))
+    return any("colocate.child" in " ".join(p.cmdline()) for p in tagged_processes(tag))

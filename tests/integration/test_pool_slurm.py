@@ -1,6 +1,6 @@
 """The pool's Slurm commands against a real Slurm (tests/slurm/setup-slurm.sh starts one).
 
-The commands that colocate/pool/backends.py builds are run as the pool manager runs them, and
+The commands that colocate/rank0/pool/backends.py builds are run as the pool manager runs them, and
 what Slurm prints is read back with the backend's own parsers.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from test_slurm import slurm  # noqa: F401  (the session's real Slurm)
 
 from colocate import config
-from colocate.pool import JobTemplate, backend
+from colocate.rank0.pool import JobTemplate, backend
 from colocate.testing import wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(120)]
@@ -73,14 +73,14 @@ SLEEPER = ["sh", "-c", "while :; do sleep 0.2; done"]
 
 def test_the_manager_grows_to_max_jobs_shrinks_when_idle_and_stop_cancels_all(
         slurm, tmp_path: Path, caplog):  # noqa: F811
-    from colocate.pool.manager import Joined, PoolManager
+    from colocate.rank0.pool.manager import JobWorkers, PoolManager
     now = [1000.0]
     name = f"colocate-pool-mgr-{tmp_path.name[-12:]}"
     manager = PoolManager(_pool(tmp_path, max_jobs=1, idle_timeout=60), name, SLEEPER,
                           output=str(tmp_path / "%j.out"), clock=lambda: now[0])
     s = manager.backend
     try:
-        caplog.set_level("INFO", logger="colocate.pool")
+        caplog.set_level("INFO", logger="colocate.rank0.pool")
         [grow] = manager.tick(queued=5, free_cores=0)
         assert grow.count == 1
         [jid] = manager.submitted
@@ -95,7 +95,7 @@ def test_the_manager_grows_to_max_jobs_shrinks_when_idle_and_stop_cancels_all(
         # Idle past idle_timeout with nothing queued: cancelled, with the reason.
         now[0] += 100
         [cancel] = manager.tick(queued=0, free_cores=1,
-                                joined={jid: Joined(cores=1, idle_since=now[0] - 90)})
+                                joined={jid: JobWorkers(cores=1, idle_since=now[0] - 90)})
         assert cancel.job == jid
         assert f"pool: cancelled job {jid}: idle for 90 s" in caplog.text
         wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to end")
@@ -113,13 +113,13 @@ def test_the_manager_grows_to_max_jobs_shrinks_when_idle_and_stop_cancels_all(
 
 def test_a_submit_the_batch_system_refuses_is_logged_and_rank_0_carries_on(
         slurm, tmp_path: Path, caplog):  # noqa: F811
-    from colocate.pool.manager import PoolManager
+    from colocate.rank0.pool.manager import PoolManager
     # More memory than the node has: sbatch refuses the job at submission.
     manager = PoolManager(_pool(tmp_path, max_jobs=2, options=["--mem=64000000"]),
                           f"colocate-pool-bad-{tmp_path.name[-12:]}", SLEEPER)
-    caplog.set_level("INFO", logger="colocate.pool")
+    caplog.set_level("INFO", logger="colocate.rank0.pool")
     decisions = manager.tick(queued=5, free_cores=0)
-    assert [type(d).__name__ for d in decisions] == ["Submit"]
+    assert [type(d).__name__ for d in decisions] == ["SubmitJob"]
     assert manager.submitted == {}
     assert "pool: submitting a job failed (exit 1)" in caplog.text
     assert "node configuration is not available" in caplog.text
@@ -189,13 +189,13 @@ def _record(path: str, key: int, seconds: float) -> int:
 
 def test_jobs_that_end_before_a_worker_joins_make_the_pool_hold_off(slurm, tmp_path: Path,  # noqa: F811
                                                                     caplog):
-    from colocate.pool.manager import PoolManager
+    from colocate.rank0.pool.manager import PoolManager
     now = [0.0]
     manager = PoolManager(_pool(tmp_path, max_jobs=1, interval=5.0),
                           f"colocate-pool-fail-{tmp_path.name[-12:]}", ["sh", "-c", "exit 3"],
                           output=str(tmp_path / "%j.out"), clock=lambda: now[0])
     s = manager.backend
-    caplog.set_level("INFO", logger="colocate.pool")
+    caplog.set_level("INFO", logger="colocate.rank0.pool")
     for _ in range(2):
         [grow] = manager.tick(queued=5, free_cores=0)
         assert grow.count == 1

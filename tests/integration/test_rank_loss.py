@@ -43,7 +43,7 @@ def worker_ranks(root: int) -> list[psutil.Process]:
     ranks = {}
     for p in psutil.Process(root).children(recursive=True):
         try:
-            if "colocate._child" in " ".join(p.cmdline()):
+            if "colocate.child" in " ".join(p.cmdline()):
                 parent = p.parent()
                 ranks[parent.pid] = parent
         except psutil.NoSuchProcess:

@@ -187,7 +187,7 @@ def test_a_task_keeps_its_arguments_alive(server, tmp_path):
 
 
 def test_repeated_puts_of_one_size_fill_segments_reserved_ahead(server, monkeypatch):
-    monkeypatch.setattr("colocate._putahead.IDLE", 1.0)
+    monkeypatch.setattr("colocate.store.putahead.IDLE", 1.0)
     with Executor(address=server) as ex:
         before = stored(ex)
 
@@ -206,7 +206,7 @@ def test_repeated_puts_of_one_size_fill_segments_reserved_ahead(server, monkeypa
         sums = [f.result(WAIT)["sum"] for f in [ex.submit(describe, r) for r in refs]]
         assert sums == [i * MiB for i in range(4)]
         for i, r in enumerate(refs):
-            assert colocate.datalink._fetch_stream(r, None).tolist() == [i] * MiB
+            assert colocate.store.datalink._fetch_stream(r, None).tolist() == [i] * MiB
             assert (r.get() == i).all()
         colocate_wait(lambda: ahead() == 0, "the unused spare to be given back")
         ex.free(refs.pop())

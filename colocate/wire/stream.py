@@ -1,0 +1,117 @@
+"""Framed pickles over a TCP socket: the link between a client and rank 0.
+
+Clients are usually plain Python processes, not members of the MPI job, so their link is a
+socket rather than an MPI dynamic connection (``MPI_Comm_connect`` from several singleton clients
+is unreliable: with the MPICH 5.0.2 wheel's UCX netmod, rank 0's messages to every client after
+the first are lost; see the README). The socket was opened and authenticated by the bell
+handshake; it carries length-prefixed pickles both ways (per-task messages as plain tuples, see
+:func:`colocate.wire.messages.to_wire`). Sends never block: what the kernel does not take now waits
+in an output buffer until the socket is writable.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+from typing import Any
+
+from colocate.wire.messages import from_wire, to_wire
+
+_HEADER = struct.Struct("<Q")
+READ_CHUNK = 1 << 20
+
+
+class Stream:
+    """A non-blocking framed connection.
+
+    Call :meth:`send` to queue an object, :meth:`flush` when the socket is writable (or after a
+    send), and :meth:`receive` when it is readable. ``closed`` turns true at end of file.
+    """
+
+    __slots__ = ("sock", "_out", "_in", "_chunk", "closed", "_fd")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self._fd = sock.fileno()
+        self._out = bytearray()
+        self._in = bytearray()
+        # Reads land in this buffer, reused: ``sock.recv(READ_CHUNK)`` would allocate (and free)
+        # a 1 MiB object per call, i.e. an mmap/munmap pair, and under the MPICH wheel's UCX
+        # netmod every such pair costs rank 0 memory that is never given back (UCX's memory
+        # hooks record each event): about 250 bytes per read, so per task.
+        self._chunk: bytearray | None = None
+        self.closed = False
+
+    def fileno(self) -> int:
+        """The socket's descriptor, for ``select``."""
+        return self._fd
+
+    @property
+    def pending(self) -> bool:
+        """Whether queued output is waiting for the socket to become writable."""
+        return bool(self._out)
+
+    def send(self, obj: Any) -> None:
+        """Queue one object and push as much as the socket takes now."""
+        data = pickle.dumps(to_wire(obj), protocol=pickle.HIGHEST_PROTOCOL)
+        self._out += _HEADER.pack(len(data))
+        self._out += data
+        self.flush()
+
+    def flush(self) -> None:
+        """Write queued output until the socket would block."""
+        while self._out and not self.closed:
+            try:
+                n = self.sock.send(self._out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.closed = True
+                return
+            del self._out[:n]
+
+    def receive(self) -> list[Any]:
+        """Read what has arrived and return the complete objects in it."""
+        if self._chunk is None:
+            self._chunk = bytearray(READ_CHUNK)
+        chunk = self._chunk
+        while True:
+            try:
+                k = self.sock.recv_into(chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.closed = True
+                break
+            if not k:
+                self.closed = True
+                break
+            with memoryview(chunk) as view:
+                self._in += view[:k]
+            if k < READ_CHUNK:
+                break
+        out = []
+        buf = self._in
+        pos = 0
+        while len(buf) - pos >= _HEADER.size:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - _HEADER.size < n:
+                break
+            start = pos + _HEADER.size
+            with memoryview(buf) as view:
+                out.append(from_wire(pickle.loads(view[start:start + n])))
+            pos = start + n
+        if pos:
+            del buf[:pos]
+        return out
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
