@@ -225,7 +225,7 @@ def test_a_queued_task_wakes_the_connection_thread_after_lone_round_trips(make_e
                                                                           monkeypatch):
     # While callers read their lone results, the connection thread sleeps away from the
     # socket; a task queued behind a direct send must wake it, not wait out its idle sleep.
-    from colocate.client.executor import connection as _connection
+    from colocate.client import connection as _connection
     monkeypatch.setattr(_connection, "IDLE_WAIT", 120.0)
     ex = make_executor()
     for i in range(20):

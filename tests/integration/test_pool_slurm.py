@@ -80,7 +80,7 @@ def test_the_manager_grows_to_max_jobs_shrinks_when_idle_and_stop_cancels_all(
                           output=str(tmp_path / "%j.out"), clock=lambda: now[0])
     s = manager.backend
     try:
-        caplog.set_level("INFO", logger="colocate.rank0.pool")
+        caplog.set_level("INFO", logger="colocate.pool")
         [grow] = manager.tick(queued=5, free_cores=0)
         assert grow.count == 1
         [jid] = manager.submitted
@@ -117,7 +117,7 @@ def test_a_submit_the_batch_system_refuses_is_logged_and_rank_0_carries_on(
     # More memory than the node has: sbatch refuses the job at submission.
     manager = PoolManager(_pool(tmp_path, max_jobs=2, options=["--mem=64000000"]),
                           f"colocate-pool-bad-{tmp_path.name[-12:]}", SLEEPER)
-    caplog.set_level("INFO", logger="colocate.rank0.pool")
+    caplog.set_level("INFO", logger="colocate.pool")
     decisions = manager.tick(queued=5, free_cores=0)
     assert [type(d).__name__ for d in decisions] == ["SubmitJob"]
     assert manager.submitted == {}
@@ -195,7 +195,7 @@ def test_jobs_that_end_before_a_worker_joins_make_the_pool_hold_off(slurm, tmp_p
                           f"colocate-pool-fail-{tmp_path.name[-12:]}", ["sh", "-c", "exit 3"],
                           output=str(tmp_path / "%j.out"), clock=lambda: now[0])
     s = manager.backend
-    caplog.set_level("INFO", logger="colocate.rank0.pool")
+    caplog.set_level("INFO", logger="colocate.pool")
     for _ in range(2):
         [grow] = manager.tick(queued=5, free_cores=0)
         assert grow.count == 1
