@@ -321,9 +321,14 @@ def test_an_executor_collected_without_shutdown_leaves_nothing_running(kind, col
     gc.collect()
     assert ref() is None, "something still refers to the executor"
 
+    def running(p):   # a process may be reaped between the two questions
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
     def ended():
-        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        return not alive and not any(t.is_alive() for t in threads)
+        return not any(running(p) for p in procs) and not any(t.is_alive() for t in threads)
     wait_until(ended, 60.0, "the collected executor's processes and threads to end")
 
 
