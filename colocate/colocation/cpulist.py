@@ -39,7 +39,7 @@ def parse_cpulist(value: str | Iterable[int], *, key: str | None = None) -> list
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or item < 0:
             raise ConfigError(
-                f"found {item!r} in {value!r}, expected non-negative core ids", key=key
+                f"found {item!r} in {value!r}, expected non-negative integers (core ids)", key=key
             )
         cores.add(item)
     return sorted(cores)
@@ -68,6 +68,10 @@ def _parse_item(item: str, text: str, key: str | None) -> range:
         stride = _number(stride_text) if stride_text or ":" in item else 1
     except ValueError:
         raise bad() from None
+    if last < first and not stride_text:
+        where = f" in {text.strip()!r}" if item != text.strip() else ""
+        raise ConfigError(f"found {item!r}{where}: the range runs backwards; write it as "
+                          f"'{last}-{first}' ({_EXPECTED})", key=key)
     if last < first or stride < 1 or (":" in item and not dash):
         raise bad()
     return range(first, last + 1, stride)

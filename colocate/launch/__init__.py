@@ -27,6 +27,9 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from colocate.colocation.cpulist import format_cpulist, parse_cpulist
+from colocate.errors import ConfigError
+
 Cmd = list[str]
 
 #: Environment variable the colocate world reads its spare cores from (``co_location.spare_cores``).
@@ -39,7 +42,6 @@ SLURM_STEP_UNSET = ("SLURM_NTASKS_PER_NODE", "SLURM_CPUS_PER_TASK")
 LOCAL_ID_ENVS = ("SLURM_LOCALID", "FLUX_TASK_LOCAL_ID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK",
                  "OMPI_COMM_WORLD_LOCAL_RANK", "PALS_LOCAL_RANKID")
 
-_CPU_LIST = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
 _JOB_ID = re.compile(r"^\d+([_+]\d+)?$")
 
 
@@ -60,6 +62,9 @@ class CoreSplit:
 def parse_cpu_list(cpus: str | int | Iterable[int]) -> tuple[int, ...]:
     """Parse a CPU list such as ``"0-3,8"`` (the format of ``taskset -c`` and cpusets).
 
+    The launchers' form of :func:`colocate.colocation.cpulist.parse_cpulist`: one CPU id is
+    accepted too, an empty list is not, and errors are plain ``ValueError``.
+
     Args:
         cpus: a list string, one CPU id, or an iterable of CPU ids.
 
@@ -69,42 +74,19 @@ def parse_cpu_list(cpus: str | int | Iterable[int]) -> tuple[int, ...]:
     Raises:
         ValueError: the text is not a CPU list, a range runs backwards, or an id is negative.
     """
-    if isinstance(cpus, bool):
-        raise ValueError(f"expected a CPU list like '0-3,8', found {cpus!r}")
-    if isinstance(cpus, int):
+    if isinstance(cpus, int) and not isinstance(cpus, bool):
         cpus = [cpus]
-    if isinstance(cpus, str):
-        if not _CPU_LIST.match(cpus):
-            raise ValueError(f"expected a CPU list like '0-3,8' (ids and ranges separated by "
-                             f"commas), found {cpus!r}")
-        out: set[int] = set()
-        for part in cpus.replace(" ", "").split(","):
-            lo, _, hi = part.partition("-")
-            first, last = int(lo), int(hi or lo)
-            if last < first:
-                raise ValueError(f"CPU range {part!r} in {cpus!r} runs backwards; "
-                                 f"write it as '{last}-{first}'")
-            out.update(range(first, last + 1))
-        return tuple(sorted(out))
-    ids = list(cpus)
-    bad = [c for c in ids if not isinstance(c, int) or isinstance(c, bool) or c < 0]
-    if bad:
-        raise ValueError(f"expected CPU ids as non-negative integers, found {bad!r}")
-    return tuple(sorted(set(ids)))
+    if isinstance(cpus, str) and not cpus.strip():
+        raise ValueError(f"expected a CPU list like '0-3,8', found {cpus!r}")
+    try:
+        return tuple(parse_cpulist(cpus))
+    except ConfigError as e:
+        raise ValueError(f"expected a CPU list like '0-3,8': {e}") from None
 
 
 def format_cpu_list(cpus: Iterable[int]) -> str:
     """Format CPU ids as a compact list, e.g. ``[0, 1, 2, 3, 8]`` -> ``"0-3,8"``."""
-    ids = parse_cpu_list(cpus)
-    parts: list[str] = []
-    i = 0
-    while i < len(ids):
-        j = i
-        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
-            j += 1
-        parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
-        i = j + 1
-    return ",".join(parts)
+    return format_cpulist(parse_cpu_list(cpus))
 
 
 def env_cpu_list(cpus: Iterable[int]) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import pickle
-import struct
 from typing import Any
 
-_HEADER = struct.Struct("<Q")
+from colocate.wire.framing import frame, split_frames
+
+__all__ = ["PIPE_SIZE", "READ_CHUNK", "FrameReader", "enlarge_pipe", "frame", "write_frame"]
+
 # Reads land in one reused buffer of READ_CHUNK bytes: ``os.read(fd, n)`` allocates n bytes per
 # call, and a large n is an mmap/munmap pair, which in an MPI rank may also feed the MPI
 # library's memory hooks (see :mod:`colocate.wire.stream`). A frame larger than this takes several
@@ -22,12 +23,6 @@ _HEADER = struct.Struct("<Q")
 READ_CHUNK = 1 << 18
 PIPE_SIZE = 1 << 20     # a pipe this large takes any usual batch in one write (Linux default:
                         # 64 KiB; unprivileged processes may go up to fs.pipe-max-size, 1 MiB)
-
-
-def frame(obj: Any) -> bytes:
-    """One pickled object with its length header, as :func:`write_frame` writes it."""
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data)) + data
 
 
 def write_frame(fd: int, obj: Any) -> None:
@@ -98,16 +93,4 @@ class FrameReader:
         return k
 
     def _split(self) -> list[Any]:
-        frames = []
-        buf = self._buf
-        start = 0
-        while len(buf) - start >= _HEADER.size:
-            end = start + _HEADER.size + _HEADER.unpack_from(buf, start)[0]
-            if end > len(buf):
-                break
-            with memoryview(buf) as view:
-                frames.append(pickle.loads(view[start + _HEADER.size:end]))
-            start = end
-        if start:
-            del buf[:start]
-        return frames
+        return split_frames(self._buf)

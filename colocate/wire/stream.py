@@ -11,14 +11,12 @@ in an output buffer until the socket is writable.
 
 from __future__ import annotations
 
-import pickle
 import socket
-import struct
 from typing import Any
 
+from colocate.wire.framing import append_frame, split_frames
 from colocate.wire.messages import from_wire, to_wire
 
-_HEADER = struct.Struct("<Q")
 READ_CHUNK = 1 << 20
 
 
@@ -56,9 +54,7 @@ class Stream:
 
     def send(self, obj: Any) -> None:
         """Queue one object and push as much as the socket takes now."""
-        data = pickle.dumps(to_wire(obj), protocol=pickle.HIGHEST_PROTOCOL)
-        self._out += _HEADER.pack(len(data))
-        self._out += data
+        append_frame(self._out, to_wire(obj))
         self.flush()
 
     def flush(self) -> None:
@@ -93,20 +89,7 @@ class Stream:
                 self._in += view[:k]
             if k < READ_CHUNK:
                 break
-        out = []
-        buf = self._in
-        pos = 0
-        while len(buf) - pos >= _HEADER.size:
-            (n,) = _HEADER.unpack_from(buf, pos)
-            if len(buf) - pos - _HEADER.size < n:
-                break
-            start = pos + _HEADER.size
-            with memoryview(buf) as view:
-                out.append(from_wire(pickle.loads(view[start:start + n])))
-            pos = start + n
-        if pos:
-            del buf[:pos]
-        return out
+        return [from_wire(obj) for obj in split_frames(self._in)]
 
     def close(self) -> None:
         """Close the socket."""
