@@ -41,7 +41,12 @@ def _slurm_up() -> bool:
 
 @pytest.fixture(scope="session")
 def slurm():
-    """A running Slurm with one node of at least 2 CPUs; skips with the reason otherwise."""
+    """A running Slurm with one node of at least 2 CPUs; skips with the reason otherwise.
+
+    A Slurm this fixture started (tests/slurm/setup-slurm.sh) is stopped at the session's end
+    (tests/slurm/stop-slurm.sh: slurmd and slurmctld; munged is shared and stays), so running the
+    suite leaves no daemon behind; one that was already running is left as it was."""
+    started = False
     if not _slurm_up():
         if os.geteuid() != 0:
             pytest.skip("no running Slurm, and starting one (tests/slurm/setup-slurm.sh) "
@@ -56,11 +61,15 @@ def slurm():
         if r.returncode != 0:
             pytest.skip(f"tests/slurm/setup-slurm.sh could not start Slurm: "
                         f"{(r.stderr or r.stdout).strip()[-800:]}")
+        started = True
     cpus = subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True,
                           timeout=10).stdout.split()
     if not cpus or int(cpus[0]) < 2:
         pytest.skip(f"the Slurm node has {cpus[0] if cpus else 'no'} CPUs; these tests need 2")
-    return int(cpus[0])
+    yield int(cpus[0])
+    if started:
+        subprocess.run(["bash", str(SETUP.with_name("stop-slurm.sh"))], capture_output=True,
+                       timeout=30)
 
 
 @pytest.fixture
