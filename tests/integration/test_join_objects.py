@@ -37,6 +37,22 @@ def join_pool_node(pool: Kit, world, name: str = POOL_NODE, **env: str) -> Joine
     return j
 
 
+def assert_lost(ex, ref, *why: str) -> None:
+    """Both ways of reading ``ref`` (a get, and a task given it) fail with ``ObjectLost`` naming
+    the node and worker it was stored on, each of ``why``, and what to do."""
+    for attempt in ("get", "task"):
+        with pytest.raises(ObjectLost) as lost:
+            if attempt == "get":
+                ref.get()
+            else:
+                ex.submit(len, ref).result(timeout=60)
+        text = str(lost.value)
+        assert f"object {ref.id} was stored on node {POOL_NODE} (worker {JOINED})" in text, text
+        for part in why:
+            assert part in text, text
+        assert "put it again" in text, text
+
+
 def test_objects_of_a_killed_joined_worker_fail_with_objectlost_naming_node_and_why(pool):
     world = pool.world()
     joiner = join_pool_node(pool, world)
@@ -49,16 +65,8 @@ def test_objects_of_a_killed_joined_worker_fail_with_objectlost_naming_node_and_
         joiner.proc.kill()
         assert joiner.wait() == -signal.SIGKILL
         pool.wait_joined(ex, 1)
-        for attempt in ("get", "task"):
-            with pytest.raises(ObjectLost) as lost:
-                if attempt == "get":
-                    ref.get()
-                else:
-                    ex.submit(len, ref).result(timeout=60)
-            text = str(lost.value)
-            assert f"object {ref.id} was stored on node {POOL_NODE} (worker {JOINED})" in text
-            assert f"joined worker {JOINED} on {POOL_NODE} exited (its connection closed)" in text
-            assert "put it again" in text
+        assert_lost(ex, ref,
+                    f"joined worker {JOINED} on {POOL_NODE} exited (its connection closed)")
         assert ex.submit(pow, 2, 5).result(timeout=60) == 32   # the world serves on
     assert world.proc.poll() is None
 
@@ -102,15 +110,6 @@ def test_objects_that_do_not_fit_elsewhere_fail_with_objectlost_naming_node_and_
         assert joiner.wait() == 0, joiner.log()
         pool.wait_joined(ex, 1)
         assert fits.get() == b"x" * 1000
-        for attempt in ("task", "get"):
-            with pytest.raises(ObjectLost) as lost:
-                if attempt == "get":
-                    ref.get()
-                else:
-                    ex.submit(len, ref).result(timeout=60)
-            text = str(lost.value)
-            assert f"object {ref.id} was stored on node {POOL_NODE} (worker {JOINED})" in text
-            assert (f"joined worker {JOINED} on {POOL_NODE} left (SIGTERM from the batch "
-                    "system") in text
-            assert f"no other node had room for its {2 << 20} bytes (2.0 MiB)" in text
-            assert "put it again" in text
+        assert_lost(ex, ref,
+                    f"joined worker {JOINED} on {POOL_NODE} left (SIGTERM from the batch system",
+                    f"no other node had room for its {2 << 20} bytes (2.0 MiB)")
