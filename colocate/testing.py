@@ -30,7 +30,7 @@ import psutil
 
 __all__ = [
     "START_TIMEOUT", "STOP_TIMEOUT", "TAG_VAR", "TEST_SETTINGS", "World", "assert_no_leftovers",
-    "batch_records", "colocate_cmd",
+    "batch_records", "colocate_cmd", "connection_of",
     "crash", "crash_at", "describe", "kill_tagged", "mark_and_wait", "subprocess_env",
     "tagged_processes", "wait_for_file", "wait_gone", "wait_until",
 ]
@@ -198,6 +198,16 @@ def wait_gone(tag: str, timeout: float = 15.0, var: str = TAG_VAR) -> list[psuti
     except TimeoutError:
         return tagged_processes(tag, var)
     return []
+
+
+def connection_of(executor: Any) -> Any:
+    """The engine behind an ``Executor``, for tests that stand in for rank 0 or a worker.
+
+    It is colocate's private :class:`colocate.client.connection.Connection`: a test that drives
+    it (e.g. hands it a lease no rank 0 granted) is white-box and may need changing with the
+    client. Tests that only need the engine's thread use the public ``Executor.thread``.
+    """
+    return executor._conn
 
 
 def colocate_cmd(*args: str) -> list[str]:
