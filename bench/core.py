@@ -668,7 +668,7 @@ def measure_local(plan: Plan, workers: int, env: dict[str, str], name: str) -> d
         kill_tagged(tag)
         raise BenchError(f"the {name} local world did not start: {type(e).__name__}: {e}"
                          ) from None
-    world = ex._world
+    world = ex.world
     try:
         with ex:
             row = measure_executor(ex, plan, lambda: roles_of(world.processes()),

@@ -198,7 +198,8 @@ def memory_and_events(workers: int, queued: int, objects: int) -> dict:
         t0 = time.perf_counter()
         s.handle(S.WorkerGone(rank, "bench"))
         lost.append(time.perf_counter() - t0)
-    assert s.objects_lost == min(5, workers) * (stored // workers), "the lost ranks held objects"
+    assert s.books.objects_lost == min(5, workers) * (stored // workers), (
+        "the lost ranks held objects")
     s = world(workers, gpu_nodes=False)
     first_batch(s)
     ranks = [r for r in range(1, workers + 1) if node_of(r) == node_of(workers)]

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -30,8 +30,8 @@ import psutil
 
 __all__ = [
     "START_TIMEOUT", "STOP_TIMEOUT", "TAG_VAR", "TEST_SETTINGS", "World", "assert_no_leftovers",
-    "batch_records", "colocate_cmd",
-    "crash", "crash_at", "describe", "kill_tagged", "mark_and_wait", "subprocess_env",
+    "batch_records", "colocate_cmd", "connection_of",
+    "crash", "crash_at", "describe", "kill_tagged", "mark_and_wait", "new_tag", "subprocess_env",
     "tagged_processes", "wait_for_file", "wait_gone", "wait_until",
 ]
 
@@ -200,6 +200,21 @@ def wait_gone(tag: str, timeout: float = 15.0, var: str = TAG_VAR) -> list[psuti
     return []
 
 
+def connection_of(executor: Any) -> Any:
+    """The engine behind an ``Executor``, for tests that stand in for rank 0 or a worker.
+
+    It is colocate's private :class:`colocate.client.connection.Connection`: a test that drives
+    it (e.g. hands it a lease no rank 0 granted) is white-box and may need changing with the
+    client. Tests that only need the engine's thread use the public ``Executor.thread``.
+    """
+    return executor._conn
+
+
+def new_tag(name: str) -> str:
+    """A world's tag: ``NAME-`` and 12 random hex digits."""
+    return f"{name}-{uuid.uuid4().hex[:12]}"
+
+
 def colocate_cmd(*args: str) -> list[str]:
     """``python -m colocate ARGS`` with this interpreter."""
     return [sys.executable, "-m", "colocate", *args]
@@ -208,6 +223,10 @@ def colocate_cmd(*args: str) -> list[str]:
 # ----- worlds -------------------------------------------------------------------------------------
 class World:
     """One ``mpiexec -n RANKS colocate serve`` subprocess with its own tag, address file and log.
+
+    Another launcher (``srun`` on a test cluster) is a subclass that passes ``launcher`` and
+    ``environ`` and, where its processes are not this machine's, overrides :meth:`_ask_stop`,
+    :meth:`_terminate` and :meth:`kill` (the steps of :meth:`stop`).
 
     Args:
         ranks: MPI ranks (rank 0 schedules, the others are workers).
@@ -219,19 +238,28 @@ class World:
         own_settings: pass this process's ``COLOCATE_*`` variables on (see
             :func:`subprocess_env`).
         prefix: a command that runs ``mpiexec`` (for instance ``("taskset", "-c", "0,1")``).
+        launcher: the command that starts the ranks, instead of ``mpiexec -n RANKS`` (after
+            ``prefix``); ``python -m colocate serve`` follows it.
+        tag: the world's tag, instead of a new one (for an ``environ`` that names it).
+        environ: the whole environment of the world, instead of :func:`subprocess_env`'s
+            (``env``, ``settings`` and ``own_settings`` are then unused).
     """
 
     def __init__(self, ranks: int, directory: Path, name: str = "world",
                  args: tuple[str, ...] = (), env: Mapping[str, str] | None = None,
                  settings: Mapping[str, str] = TEST_SETTINGS, own_settings: bool = True,
-                 prefix: tuple[str, ...] = ()) -> None:
+                 prefix: tuple[str, ...] = (), launcher: Sequence[str] | None = None,
+                 tag: str | None = None, environ: Mapping[str, str] | None = None) -> None:
         self.ranks = ranks
-        self.tag = f"{name}-{uuid.uuid4().hex[:12]}"
+        self.tag = tag or new_tag(name)
         self.address = Path(directory) / f"{self.tag}.address"
         self.log_path = Path(directory) / f"{self.tag}.log"
-        self.env = subprocess_env(self.tag, settings, own_settings, **(env or {}))
+        self.env = (dict(environ) if environ is not None
+                    else subprocess_env(self.tag, settings, own_settings, **(env or {})))
         self.killed: list[str] = []
-        cmd = [*prefix, "mpiexec", "-n", str(ranks), *colocate_cmd(
+        if launcher is None:
+            launcher = ("mpiexec", "-n", str(ranks))
+        cmd = [*prefix, *launcher, *colocate_cmd(
             "serve", "--address-file", str(self.address), *args)]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log,
@@ -283,25 +311,19 @@ class World:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self, timeout: float = STOP_TIMEOUT, sweep: bool = False) -> int:
+    def stop(self, timeout: float = STOP_TIMEOUT, sweep: bool = False, ask: bool = True) -> int:
         """Stop the world: ``colocate stop``, then SIGTERM, then SIGKILL; returns its exit code.
 
         The code is the one from the first step that worked: 0 means every rank exited 0. With
         ``sweep``, whatever of the world is still alive once ``mpiexec`` has exited is killed at
         once and listed in :attr:`killed` (benchmarks); without, :meth:`assert_clean` finds it.
+        Without ``ask``, the first step (``colocate stop``) is left out.
         """
         try:
-            if self.proc.poll() is None and self.address.exists():
-                try:
-                    subprocess.run(colocate_cmd("stop", "--address", str(self.address)),
-                                   env=self.env, capture_output=True, timeout=timeout,
-                                   stdin=subprocess.DEVNULL)
-                except subprocess.TimeoutExpired:
-                    pass
-                self.wait_exit(timeout)
+            if ask and self.proc.poll() is None and self.address.exists():
+                self._ask_stop(timeout)
             if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                self.wait_exit(10.0)
+                self._terminate()
             if sweep:
                 self.killed = kill_tagged(self.tag)
             if self.proc.poll() is None:
@@ -309,6 +331,20 @@ class World:
             return self.proc.returncode
         finally:
             self._log.close()
+
+    def _ask_stop(self, timeout: float) -> None:
+        """The first step of :meth:`stop`: ``colocate stop``, and wait for the world to exit."""
+        try:
+            subprocess.run(colocate_cmd("stop", "--address", str(self.address)), env=self.env,
+                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            pass
+        self.wait_exit(timeout)
+
+    def _terminate(self) -> None:
+        """The second step of :meth:`stop`, when the first did not end it: SIGTERM, a wait."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.wait_exit(10.0)
 
     def kill(self) -> None:
         """SIGKILL mpiexec and every process of this world."""

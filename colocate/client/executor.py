@@ -204,6 +204,28 @@ class Executor(cf.Executor):
         """Worker slots of the world when we connected."""
         return self._conn.slots
 
+    @property
+    def world(self) -> LocalWorld | None:
+        """The local world this executor started (``Executor()`` without ``address``), or None.
+
+        Its ``path`` is the world's address file (other clients can connect with
+        ``Executor(address=ex.world.path)``), ``dir`` the private directory holding it,
+        ``proc`` the ``mpiexec`` process, ``processes()`` every live process of the world and
+        ``tail()`` the end of its output. None for a world reached by ``address`` and for the
+        views of :meth:`with_options`; the world stops with this executor.
+        """
+        return self._world
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The connection's engine thread (named ``colocate-connection``).
+
+        It sends, receives and batches for this executor (and its views), and ends at
+        :meth:`shutdown` or when the executor is collected. Exposed for tests and diagnostics,
+        e.g. to check that nothing is left running; never join or drive it.
+        """
+        return self._conn.thread
+
     def status(self, timeout: float = 30.0) -> dict:
         """The server's view: workers, their state and counts, the queue; and this client's.
 

@@ -1,12 +1,17 @@
-"""The scheduler's object-store books: which worker rank holds each object, whose it is, how big.
+"""The object store's books, held by rank 0's scheduler: who holds each object, whose, how big.
 
-Part of :class:`colocate.rank0.scheduler.Scheduler` (a mixin: it works on the scheduler's state,
-``workers``, ``queues``, ``objects``, ``node_budget``/``node_reserved``/``node_stored``,
-``_drops`` and ``_out``). Only these records pass through rank 0, never the data: a ``put`` is
-granted an id and a worker rank here, and the client sends the bytes to that rank itself.
-Objects count against the same per-node memory budget as the memory reserved by running tasks.
-``held`` files the object ids by the rank holding them, so a lost rank costs its own objects, not
-a scan of every object stored.
+:class:`StoreBook` is an object the scheduler holds (``Scheduler.books``), not part of it. It owns
+the store's records (``objects``, ``held``, ``node_stored``, ``gone``, ``moving``, ``unmoved``,
+``moved``, ``objects_lost``) and the objects waiting to be discarded (``drops``); it reads, never
+changes, the scheduler's ``workers`` (but for each worker's ``stored`` bytes, which it keeps),
+its clients (a client is known while it has a queue), ``node_budget`` and ``node_reserved``; and
+it tells the placement indexes which nodes' free memory changed (``room_changed``). Its event
+methods return the instruction to carry out, if any; the scheduler sends it. Only these records
+pass through rank 0, never the data: a ``put`` is granted an id and a worker rank here, and the
+client sends the bytes to that rank itself. Objects count against the same per-node memory
+budget as the memory reserved by running tasks (:meth:`StoreBook.room`). ``held`` files the
+object ids by the rank holding them, so a lost rank costs its own objects, not a scan of every
+object stored.
 
 When a rank goes, ``gone`` remembers, per object it held, the node it was on and why it went
 (:data:`GONE_KEPT` of them at most, the oldest forgotten first): a client whose read fails asks
@@ -26,25 +31,19 @@ found no room, or whose copy failed, is lost with the worker, and its reason say
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from colocate.rank0.events import (
-    AheadUsed,
-    FreeRequested,
     LetGo,
     MoveObjects,
     ObjectsMoved,
     PutGranted,
     PutRefused,
     PutRequested,
-    WorkerLeaving,
 )
+from colocate.rank0.records import WorkerRecord
 from colocate.store import human_size
-
-if TYPE_CHECKING:
-    from colocate.rank0.scheduler import _Worker
-
 
 GONE_KEPT = 100_000   # lost objects whose reason is kept (a few hundred bytes each)
 
@@ -74,15 +73,52 @@ class _Object:
 
 
 class StoreBook:
-    """Object-store events and records of the scheduler (see the module docstring)."""
+    """The store's books (see the module docstring); the scheduler holds one.
 
-    def _on_PutRequested(self, ev: PutRequested) -> None:
-        def refuse(reason: str, full: bool = False) -> None:
-            self._out.append(PutRefused(ev.client, ev.req, reason, full))
+    Args:
+        workers: the scheduler's workers by rank (read; each one's ``stored`` is kept here).
+        clients: the scheduler's queues by client: the clients it knows (read).
+        node_budget: the scheduler's memory budget per node for functions (read).
+        node_reserved: the scheduler's memory reserved per node by running tasks (read).
+        room_changed: the placement indexes' set of nodes whose free memory may have changed.
+    """
 
-        if self.draining:
+    def __init__(self, workers: dict[int, WorkerRecord], clients: Container[int],
+                 node_budget: dict[str, int], node_reserved: dict[str, int],
+                 room_changed: set[str]) -> None:
+        self.workers = workers
+        self.clients = clients
+        self.node_budget = node_budget
+        self.node_reserved = node_reserved
+        self.room_changed = room_changed
+        self.objects: dict[int, _Object] = {}
+        self.held: dict[int, dict[int, None]] = {}   # rank -> ids of the objects it holds
+        self.node_stored: dict[str, int] = {}
+        self.objects_lost = 0
+        self.gone: dict[int, _Gone] = {}   # lost object -> where it was and why (oldest first)
+        self.moving: dict[int, dict[int, tuple]] = {}   # leaving rank -> id -> (rank, node, bytes)
+        self.unmoved: dict[int, str] = {}  # id -> why it could not be moved off a leaving rank
+        self.moved: dict[int, tuple] = {}  # moved object -> (fd, where) at its new holder
+        self.drops: dict[int, list[int]] = {}   # rank -> ids it must discard (the scheduler
+        self._next_ref = 1                      # sends them and clears this, never rebinds it)
+
+    def room(self, node: str) -> int:
+        """Bytes of the node's budget not reserved by running tasks nor held by objects."""
+        return self.node_budget[node] - self.node_reserved[node] - self.node_stored[node]
+
+    def add_node(self, node: str) -> None:
+        """A worker of ``node`` joined: its stored bytes are counted from here on."""
+        self.node_stored.setdefault(node, 0)
+
+    # ----- puts, frees, kept objects -------------------------------------------------------------
+    def put(self, ev: PutRequested, draining: bool) -> PutGranted | PutRefused:
+        """Where a put goes (its id, rank and node, and spares), or why it cannot be stored."""
+        def refuse(reason: str, full: bool = False) -> PutRefused:
+            return PutRefused(ev.client, ev.req, reason, full)
+
+        if draining:
             return refuse("the server is draining")
-        if ev.client not in self.queues:
+        if ev.client not in self.clients:
             return refuse("unknown client")
         if ev.nbytes < 0:
             return refuse(f"a size of {ev.nbytes} bytes")
@@ -92,9 +128,9 @@ class StoreBook:
         if ev.node is not None and ev.node not in nodes:
             return refuse(f"no worker rank on node {ev.node!r}; the nodes are {nodes}")
         candidates = [ev.node] if ev.node is not None else nodes
-        fitting = [n for n in candidates if self._room(n) >= ev.nbytes]
+        fitting = [n for n in candidates if self.room(n) >= ev.nbytes]
         if not fitting:
-            node = max(candidates, key=self._room)
+            node = max(candidates, key=self.room)
             ahead = sum(o.nbytes for o in self.objects.values() if o.ahead and o.node == node)
             return refuse(
                 f"cannot store {ev.nbytes} bytes ({human_size(ev.nbytes)}) on node {node}: its "
@@ -103,34 +139,31 @@ class StoreBook:
                 f"{self.node_stored[node]} are held by stored objects "
                 f"({ahead} of them set aside for clients' next puts) and "
                 f"{self.node_reserved[node]} reserved by running tasks "
-                f"({max(0, self._room(node))} free); free objects you no longer need, put it "
+                f"({max(0, self.room(node))} free); free objects you no longer need, put it "
                 f"on another node, or raise co_location.memory_budget", full=True)
         near = {w.node for w in self.workers.values() if ev.near and w.machine == ev.near}
-        node = max(fitting, key=lambda n: (n in near, self._room(n)))
+        node = max(fitting, key=lambda n: (n in near, self.room(n)))
         worker = min((w for w in self.workers.values() if w.node == node),
                      key=lambda w: (w.stored, w.rank))
         count = 1
         if ev.ahead and ev.count > 1 and ev.nbytes > 0:   # spares: as many as fit
-            count = max(1, min(ev.count, self._room(node) // ev.nbytes))
+            count = max(1, min(ev.count, self.room(node) // ev.nbytes))
         ids = []
         for _ in range(count):
             ids.append(self._next_ref << 16)   # worker-made ids end in their rank, never 0
             self._next_ref += 1
             self._add_object(ids[-1], _Object(ev.client, worker.rank, node, ev.nbytes, ev.ahead))
-        self._out.append(PutGranted(ev.client, ev.req, ids[0], worker.rank, node,
-                                    tuple(ids[1:])))
+        return PutGranted(ev.client, ev.req, ids[0], worker.rank, node, tuple(ids[1:]))
 
-    def _on_FreeRequested(self, ev: FreeRequested) -> None:
-        self._free(ev.ids)
-
-    def _on_AheadUsed(self, ev: AheadUsed) -> None:
-        for oid in ev.ids:
+    def ahead_used(self, client: int, ids: Iterable[int]) -> None:
+        """The client's spares ``ids`` now hold data: objects like any other."""
+        for oid in ids:
             obj = self.objects.get(oid)
-            if obj is not None and obj.client == ev.client:
+            if obj is not None and obj.client == client:
                 self.objects[oid] = replace(obj, ahead=False)
 
-    def _kept(self, worker: _Worker, owner: int | None,
-              kept: tuple[tuple[int, int], ...]) -> None:
+    def kept(self, worker: WorkerRecord, owner: int | None,
+             kept: tuple[tuple[int, int], ...]) -> None:
         """Objects a task stored with ``keep()``: ``owner``'s, else (None) dropped at once.
 
         The owner is the task's client if it gets an OK result; otherwise nobody can reach them.
@@ -139,7 +172,7 @@ class StoreBook:
             if owner is not None:
                 self._add_object(oid, _Object(owner, worker.rank, worker.node, nbytes))
             else:
-                self._drops.setdefault(worker.rank, []).append(oid)
+                self.drops.setdefault(worker.rank, []).append(oid)
 
     def _add_object(self, oid: int, obj: _Object) -> None:
         before = self.objects.get(oid)
@@ -151,12 +184,13 @@ class StoreBook:
             held = self.held[obj.rank] = {}
         held[oid] = None
         self.node_stored[obj.node] += obj.nbytes
-        self._index.room_changed.add(obj.node)
+        self.room_changed.add(obj.node)
         worker = self.workers.get(obj.rank)
         if worker is not None:
             worker.stored += obj.nbytes
 
-    def _free(self, ids: list[int]) -> None:
+    def free(self, ids: Iterable[int]) -> None:
+        """Forget the objects ``ids`` (their holders are told to discard them)."""
         for oid in ids:
             obj = self.objects.pop(oid, None)
             if obj is None:
@@ -168,14 +202,22 @@ class StoreBook:
                 self.unmoved.pop(oid, None)
             del self.held[obj.rank][oid]
             self.node_stored[obj.node] -= obj.nbytes
-            self._index.room_changed.add(obj.node)
+            self.room_changed.add(obj.node)
             worker = self.workers.get(obj.rank)
             if worker is not None:
                 worker.stored -= obj.nbytes
-                self._drops.setdefault(obj.rank, []).append(oid)
+                self.drops.setdefault(obj.rank, []).append(oid)
 
-    def _lose_objects(self, rank: int, why: str = "") -> None:
+    def client_left(self, client: int) -> None:
+        """The client's objects are freed, and the reasons its lost ones went forgotten."""
+        self.free([i for i, o in self.objects.items() if o.client == client])
+        if self.gone:
+            for oid in [i for i, g in self.gone.items() if g.client == client]:
+                del self.gone[oid]
+
+    def lose(self, rank: int, why: str = "") -> None:
         """The rank is gone, and the objects it held with it: O(its objects), not O(all)."""
+        self._cancel_moves(rank)
         gone = self.gone
         for oid in self.held.pop(rank, ()):
             obj = self.objects.pop(oid)
@@ -206,73 +248,6 @@ class StoreBook:
                 return lost_text(oid, gone)
         return None
 
-    # ----- moving the objects of a leaving worker -----------------------------------------------
-    def _on_WorkerLeaving(self, ev: WorkerLeaving) -> None:
-        """Place each object of the leaving rank on another node with room, or note why not.
-
-        Targets are chosen as a put's would be (the node with the most room, there the worker
-        holding least), never on the leaving rank's node (its batch job ends the whole node)
-        nor on another leaving rank; their bytes are charged to the target node at once.
-        """
-        worker = self.workers.get(ev.rank)
-        held = [oid for oid in self.held.get(ev.rank, ()) if not self.objects[oid].ahead]
-        if worker is None or not held or ev.rank in self.moving:
-            if worker is not None and ev.rank not in self.moving:
-                self._out.append(LetGo(ev.rank))
-            return
-        leaving = {r for r in self.moving} | {ev.rank}
-        targets = [w for w in self.workers.values()
-                   if w.node != worker.node and w.rank not in leaving]
-        plan: dict[int, tuple[int, str, int]] = {}
-        for oid in held:
-            obj = self.objects[oid]
-            nodes = {w.node for w in targets if self._room(w.node) >= obj.nbytes}
-            if not nodes:
-                self.unmoved[oid] = self._no_room_text(obj, {w.node for w in targets})
-                continue
-            node = max(sorted(nodes), key=self._room)
-            to = min((w for w in targets if w.node == node), key=lambda w: (w.stored, w.rank))
-            plan[oid] = (to.rank, node, obj.nbytes)
-            self.node_stored[node] += obj.nbytes
-            to.stored += obj.nbytes
-            self._index.room_changed.add(node)
-        self.moving[ev.rank] = plan
-        if plan:
-            self._out.append(MoveObjects(ev.rank, tuple((oid, r, n) for oid, (r, n, _)
-                                                        in plan.items())))
-        else:
-            self._out.append(LetGo(ev.rank))
-
-    def _on_ObjectsMoved(self, ev: ObjectsMoved) -> None:
-        """The copies are made (``done``) or not (``failed``): refile them; the rank may go."""
-        plan = self.moving.get(ev.rank)
-        if plan is None:
-            return
-        for oid, fd, where in ev.done:
-            target = plan.pop(oid, None)
-            if target is None:
-                continue
-            obj = self.objects.get(oid)
-            if obj is None or obj.rank != ev.rank:   # freed meanwhile: release the copy too
-                self._uncharge(target)
-                self._drops.setdefault(target[0], []).append(oid)
-                continue
-            self._refile(oid, obj, target)
-            self.moved[oid] = (fd, where)
-        for oid, why in ev.failed:
-            target = plan.pop(oid, None)
-            if target is not None:
-                self._uncharge(target)
-                self._drops.setdefault(target[0], []).append(oid)   # (a part may have arrived)
-                self.unmoved[oid] = f"copying it to worker {target[0]} on {target[1]} failed: {why}"
-        for oid, target in plan.items():   # (not reported: treated as failed)
-            self._uncharge(target)
-            self.unmoved[oid] = "its worker did not report a copy of it"
-            self._drops.setdefault(target[0], []).append(oid)
-        plan.clear()
-        if ev.rank in self.workers:
-            self._out.append(LetGo(ev.rank))
-
     def relocations(self, refs: tuple[int, ...]) -> tuple:
         """``(id, rank, node, where, fd)`` of the objects among ``refs`` moved since put."""
         out = []
@@ -284,12 +259,78 @@ class StoreBook:
                     out.append((oid, obj.rank, obj.node, got[1], got[0]))
         return tuple(out)
 
+    # ----- moving the objects of a leaving worker -----------------------------------------------
+    def leaving(self, rank: int) -> MoveObjects | LetGo | None:
+        """Place each object of the leaving rank on another node with room, or note why not.
+
+        Targets are chosen as a put's would be (the node with the most room, there the worker
+        holding least), never on the leaving rank's node (its batch job ends the whole node)
+        nor on another leaving rank; their bytes are charged to the target node at once.
+        Returns the moves to make, ``LetGo`` when there are none, or None when the rank is
+        unknown or already leaving.
+        """
+        worker = self.workers.get(rank)
+        held = [oid for oid in self.held.get(rank, ()) if not self.objects[oid].ahead]
+        if worker is None or not held or rank in self.moving:
+            if worker is not None and rank not in self.moving:
+                return LetGo(rank)
+            return None
+        leaving = {r for r in self.moving} | {rank}
+        targets = [w for w in self.workers.values()
+                   if w.node != worker.node and w.rank not in leaving]
+        plan: dict[int, tuple[int, str, int]] = {}
+        for oid in held:
+            obj = self.objects[oid]
+            nodes = {w.node for w in targets if self.room(w.node) >= obj.nbytes}
+            if not nodes:
+                self.unmoved[oid] = self._no_room_text(obj, {w.node for w in targets})
+                continue
+            node = max(sorted(nodes), key=self.room)
+            to = min((w for w in targets if w.node == node), key=lambda w: (w.stored, w.rank))
+            plan[oid] = (to.rank, node, obj.nbytes)
+            self.node_stored[node] += obj.nbytes
+            to.stored += obj.nbytes
+            self.room_changed.add(node)
+        self.moving[rank] = plan
+        if plan:
+            return MoveObjects(rank, tuple((oid, r, n) for oid, (r, n, _) in plan.items()))
+        return LetGo(rank)
+
+    def objects_moved(self, ev: ObjectsMoved) -> LetGo | None:
+        """The copies are made (``done``) or not (``failed``): refile them; the rank may go."""
+        plan = self.moving.get(ev.rank)
+        if plan is None:
+            return None
+        for oid, fd, where in ev.done:
+            target = plan.pop(oid, None)
+            if target is None:
+                continue
+            obj = self.objects.get(oid)
+            if obj is None or obj.rank != ev.rank:   # freed meanwhile: release the copy too
+                self._uncharge(target)
+                self.drops.setdefault(target[0], []).append(oid)
+                continue
+            self._refile(oid, obj, target)
+            self.moved[oid] = (fd, where)
+        for oid, why in ev.failed:
+            target = plan.pop(oid, None)
+            if target is not None:
+                self._uncharge(target)
+                self.drops.setdefault(target[0], []).append(oid)   # (a part may have arrived)
+                self.unmoved[oid] = f"copying it to worker {target[0]} on {target[1]} failed: {why}"
+        for oid, target in plan.items():   # (not reported: treated as failed)
+            self._uncharge(target)
+            self.unmoved[oid] = "its worker did not report a copy of it"
+            self.drops.setdefault(target[0], []).append(oid)
+        plan.clear()
+        return LetGo(ev.rank) if ev.rank in self.workers else None
+
     def _refile(self, oid: int, obj: _Object, target: tuple[int, str, int]) -> None:
         """Object ``oid`` now lives at ``target`` (whose node was charged when it was planned)."""
         rank, node, _ = target
         del self.held[obj.rank][oid]
         self.node_stored[obj.node] -= obj.nbytes
-        self._index.room_changed.add(obj.node)
+        self.room_changed.add(obj.node)
         old = self.workers.get(obj.rank)
         if old is not None:
             old.stored -= obj.nbytes
@@ -300,7 +341,7 @@ class StoreBook:
         """Give back what a planned move charged to ``target``."""
         rank, node, nbytes = target
         self.node_stored[node] -= nbytes
-        self._index.room_changed.add(node)
+        self.room_changed.add(node)
         worker = self.workers.get(rank)
         if worker is not None:
             worker.stored -= nbytes
@@ -310,7 +351,7 @@ class StoreBook:
         plan = self.moving.pop(rank, None)
         for oid, target in (plan or {}).items():
             self._uncharge(target)
-            self._drops.setdefault(target[0], []).append(oid)
+            self.drops.setdefault(target[0], []).append(oid)
             self.unmoved.setdefault(oid, "it was being copied to another node when its "
                                     "worker went")
         for target_plan in self.moving.values():   # a target that goes: no copy arrives there
@@ -323,16 +364,6 @@ class StoreBook:
     def _no_room_text(self, obj: _Object, nodes: set[str]) -> str:
         if not nodes:
             return "no worker on another node was left to take it"
-        room = ", ".join(f"{n} {max(0, self._room(n))}" for n in sorted(nodes))
+        room = ", ".join(f"{n} {max(0, self.room(n))}" for n in sorted(nodes))
         return (f"no other node had room for its {obj.nbytes} bytes ({human_size(obj.nbytes)}) "
                 f"in its memory budget for functions (bytes free: {room})")
-
-    def _forget_gone(self, client: int) -> None:
-        """A client left: the reasons its lost objects went are nobody's concern now."""
-        if self.gone:
-            for oid in [i for i, g in self.gone.items() if g.client == client]:
-                del self.gone[oid]
-
-    def _room(self, node: str) -> int:
-        """Bytes of the node's budget not reserved by running tasks nor held by objects."""
-        return self.node_budget[node] - self.node_reserved[node] - self.node_stored[node]

@@ -1,11 +1,12 @@
 """Rank 0's placement indexes: where a task can go, found without a scan of every worker.
 
-Part of :mod:`colocate.rank0.scheduler` (it runs on rank 0, inside the pure state machine):
-:class:`Placement` holds the indexes, :class:`Placing` (a mixin of the scheduler, working on its
-``workers``, ``gpus_free``, ``node_gpus``, ``node_budget`` and ``_index``) places tasks that run
-alone and turns away tasks no node could ever run. The scheduler tells the indexes of every
-change that matters (a worker joins or goes; its load, pause, lent cores or lease change; it
-caches a function; a node's free memory changes) and asks them where a task goes. The answer is
+Held by :class:`colocate.rank0.scheduler.Scheduler` (it runs on rank 0, inside the pure state
+machine): :class:`Placement` owns the indexes and reads, never changes, a node's free memory (a
+function of the store's books) and the scheduler's per-node free GPUs. The scheduler tells it of
+every change that matters (a worker joins or goes; its load, pause, lent cores or lease change;
+it caches a function; ``room_changed``: a node's free memory changes) and asks it where a task
+goes (:meth:`Placement.best` for one core, :meth:`Placement.exclusive` for a task that runs
+alone); the scheduler then takes the worker, the lent cores and the GPUs. The answer is
 the one a scan of every worker in join order gives (the rules in the scheduler's docstring),
 found in O(log W) amortized:
 
@@ -38,11 +39,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from heapq import heapify, heappop, heappush
 from operator import attrgetter
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from colocate.rank0.scheduler import _Task, _Worker
-    from colocate.wire.messages import TaskMsg
+from colocate.rank0.records import TaskRecord, WorkerRecord
+
+Placed = tuple[WorkerRecord, list[WorkerRecord], list[str]]   # a worker, those lending cores, GPUs
 
 _rank = attrgetter("rank")
 SKIP_LIMIT = 64   # workers skipped for want of memory before the nodes with room are looked at
@@ -77,9 +77,9 @@ class _Levels:
 
     def __init__(self) -> None:
         self.heaps: list[list[int] | None] = []   # None: not built (nobody asked since empty)
-        self.members: list[dict[int, _Worker]] = []
+        self.members: list[dict[int, WorkerRecord]] = []
 
-    def add(self, level: int, worker: _Worker) -> None:
+    def add(self, level: int, worker: WorkerRecord) -> None:
         while len(self.members) <= level:
             self.heaps.append(None)
             self.members.append({})
@@ -91,7 +91,7 @@ class _Levels:
                 heap[:] = members
                 heapify(heap)
 
-    def remove(self, level: int, worker: _Worker) -> None:
+    def remove(self, level: int, worker: WorkerRecord) -> None:
         members = self.members[level]
         del members[worker.seq]
         if not members:
@@ -105,7 +105,7 @@ class _Levels:
             heapify(heap)
         return heap
 
-    def first(self, level: int) -> _Worker | None:
+    def first(self, level: int) -> WorkerRecord | None:
         """The worker with the smallest join number at ``level``."""
         if level >= len(self.members):
             return None
@@ -119,8 +119,8 @@ class _Levels:
             heappop(heap)
         return members[heap[0]]
 
-    def first_where(self, level: int, fits: Callable[[_Worker], bool],
-                    limit: int) -> tuple[_Worker | None, bool]:
+    def first_where(self, level: int, fits: Callable[[WorkerRecord], bool],
+                    limit: int) -> tuple[WorkerRecord | None, bool]:
         """The first worker at ``level`` (join order) that ``fits``; looks at most at ``limit``.
 
         Returns ``(worker or None, whether the limit cut the walk short)``.
@@ -145,11 +145,14 @@ class Placement:
     """The indexes (see the module docstring), kept by the scheduler that owns the workers.
 
     Args:
-        room: the free memory of a node (bytes), as the scheduler counts it.
-        gpus_free: the scheduler's per-node lists of free GPU ids.
+        room: the free memory of a node (bytes), as the store's books count it.
+        gpus_free: the scheduler's per-node lists of free GPU ids (read).
+        room_changed: where the scheduler and the books note the nodes whose free memory may
+            have changed (the indexes empty it when they catch up).
     """
 
-    def __init__(self, room: Callable[[str], int], gpus_free: dict[str, list[str]]) -> None:
+    def __init__(self, room: Callable[[str], int], gpus_free: dict[str, list[str]],
+                 room_changed: set[str] | None = None) -> None:
         self.room = room
         self.gpus_free = gpus_free
         self.all = _Levels()
@@ -163,11 +166,11 @@ class Placement:
         self.gpu_first_idle: dict[str, int] = {}
         self.by_room: list[tuple[int, str]] = []             # (-free bytes, node), lazy
         self.changed: set[str] = set()        # nodes whose first idle worker may have changed
-        self.room_changed: set[str] = set()   # nodes whose free memory may have changed
+        self.room_changed: set[str] = set() if room_changed is None else room_changed
         self._seq = 0
 
     # ----- changes -------------------------------------------------------------------------------
-    def join(self, worker: _Worker, gpus: bool, seq: int | None = None) -> None:
+    def join(self, worker: WorkerRecord, gpus: bool, seq: int | None = None) -> None:
         """File a new worker (``seq``: the join number of the worker it replaces, if any)."""
         if seq is None:
             seq, self._seq = self._seq, self._seq + 1
@@ -182,13 +185,13 @@ class Placement:
         self.room_changed.add(worker.node)
         self.refile(worker)
 
-    def leave(self, worker: _Worker) -> None:
+    def leave(self, worker: WorkerRecord) -> None:
         """Forget a worker that is lost (or replaced)."""
         self._unfile(worker)
         worker.level = -1
         self.changed.add(worker.node)
 
-    def refile(self, worker: _Worker) -> None:
+    def refile(self, worker: WorkerRecord) -> None:
         """File the worker under its load now, or nowhere when it is not usable."""
         if worker.paused or worker.lent_to is not None or worker.lease:
             level = -1
@@ -228,7 +231,7 @@ class Placement:
             self.idle_cores[worker.node] += len(worker.cores)
             self.changed.add(worker.node)
 
-    def warmed(self, worker: _Worker, fn: bytes) -> None:
+    def warmed(self, worker: WorkerRecord, fn: bytes) -> None:
         """The worker has just cached ``fn`` (call before it is refiled)."""
         levels = self.warm.get(fn)
         if levels is None:
@@ -237,7 +240,7 @@ class Placement:
             levels.add(worker.level, worker)
         worker.pools = (*worker.pools, levels)
 
-    def _unfile(self, worker: _Worker) -> None:
+    def _unfile(self, worker: WorkerRecord) -> None:
         level = worker.level
         if level < 0:
             return
@@ -251,7 +254,7 @@ class Placement:
 
     # ----- one-core tasks ------------------------------------------------------------------------
     def best(self, fn: bytes, depth: int, prefer: str | None,
-             memory: int | None) -> _Worker | None:
+             memory: int | None) -> WorkerRecord | None:
         """The worker a one-core task goes to, or None when none can take it now."""
         if memory and self.most_room() < memory:   # (no node has room: the common refusal)
             return None
@@ -275,7 +278,7 @@ class Placement:
                 return worker
         return None
 
-    def _best_on(self, levels: _Levels, fn: bytes, depth: int) -> _Worker | None:
+    def _best_on(self, levels: _Levels, fn: bytes, depth: int) -> WorkerRecord | None:
         """The best worker of one node (at most its own workers are looked at)."""
         for level in range(min(depth, len(levels.members))):
             members = levels.members[level]
@@ -289,7 +292,7 @@ class Placement:
         return None
 
     def _fitting(self, fn: bytes, warm: _Levels | None, level: int,
-                 memory: int) -> _Worker | None:
+                 memory: int) -> WorkerRecord | None:
         """The best worker at ``level`` on a node with ``memory`` bytes free (warm first)."""
         room = self.room
         first = (warm if warm is not None and level < len(warm.members)
@@ -297,7 +300,7 @@ class Placement:
         if room(first.node) >= memory:   # (the first in line fits: the walk below starts there)
             return first
 
-        def fits(w: _Worker) -> bool:
+        def fits(w: WorkerRecord) -> bool:
             return room(w.node) >= memory
 
         if warm is not None:
@@ -309,7 +312,7 @@ class Placement:
         worker, cut = self.all.first_where(level, fits, SKIP_LIMIT)
         return self._on_roomy_nodes(fn, level, memory) if cut else worker
 
-    def _on_roomy_nodes(self, fn: bytes, level: int, memory: int) -> _Worker | None:
+    def _on_roomy_nodes(self, fn: bytes, level: int, memory: int) -> WorkerRecord | None:
         """The best worker at ``level`` among the nodes with room: O(nodes with room)."""
         best, best_key = None, None
         for node in self.roomy(memory):
@@ -394,54 +397,47 @@ class Placement:
             filed[node] = seq
             heappush(heap, (seq, node))
 
-    def idle_on(self, node: str) -> list[_Worker]:
+    def idle_on(self, node: str) -> list[WorkerRecord]:
         """The idle usable workers of ``node``."""
         levels = self.nodes.get(node)
         if levels is None or not levels.members:
             return []
         return list(levels.members[0].values())
 
-
-class Placing:
-    """The scheduler's placement of tasks that run alone, and its check of what can ever run."""
-
-    def _place_exclusive(self, task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
+    def exclusive(self, task: TaskRecord) -> Placed | None:
         """Place a task that needs several cores or GPUs: alone, with lent cores.
 
         It runs on an idle worker of a node where enough other idle workers lend their cores
         and enough GPUs are free: the preferred node if it can, else the first such node.
         """
-        index: Placement = self._index
-        idle = index.all.members
-        if not idle or not idle[0] or task.opts.gpus > self.free_gpus:   # (the common refusals:
-            return None                                     # no idle worker, no GPU free)
+        idle = self.all.members
+        if not idle or not idle[0]:   # (the common refusal: no idle worker)
+            return None
         prefer = task.prefer
-        if prefer is not None and prefer in index.nodes:
+        if prefer is not None and prefer in self.nodes:
             placed = self._exclusive_on(prefer, task)
             if placed is not None:
                 return placed
-        for node in index.exclusive_nodes(task.opts.gpus > 0):
+        for node in self.exclusive_nodes(task.opts.gpus > 0):
             if node != prefer:
                 placed = self._exclusive_on(node, task)
                 if placed is not None:
                     return placed
         return None
 
-    def _exclusive_on(self, node: str,
-                      task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
+    def _exclusive_on(self, node: str, task: TaskRecord) -> Placed | None:
         """Where on ``node`` the task runs alone, or None when the node cannot take it now.
 
         Its idle workers with the function cached first, then by rank, lend their cores.
         """
         opts = task.opts
         cores = opts.cores
-        index: Placement = self._index
-        if index.idle_cores[node] < (cores if cores > 1 else 1):
+        if self.idle_cores[node] < (cores if cores > 1 else 1):
             return None
         free_gpus = self.gpus_free[node]
-        if len(free_gpus) < opts.gpus or (opts.memory and opts.memory > self._room(node)):
+        if len(free_gpus) < opts.gpus or (opts.memory and opts.memory > self.room(node)):
             return None
-        idle = index.nodes[node].members[0].values()
+        idle = self.nodes[node].members[0].values()
         fn = task.fn_hash
         if cores <= 1:   # (one worker: the first warm one, else the first by rank; no sort)
             first = min((w for w in idle if fn in w.fns), key=_rank, default=None)
@@ -458,31 +454,3 @@ class Placing:
             if have >= cores:
                 return chosen[0], chosen[1:i + 1], free_gpus[:opts.gpus]
         return chosen[0], chosen[1:], free_gpus[:opts.gpus]
-
-    def _cannot_run(self, msg: TaskMsg) -> str:
-        """Why no node of this world could ever run the task ("" if one could)."""
-        if msg.fn_hash not in self.fns:
-            return "the function was never sent to this server (client protocol error)"
-        opts = msg.options
-        if not self.workers or (opts.cores <= 1 and not opts.gpus and not opts.memory):
-            return ""   # (any worker can run it: the common case, checked per task)
-        if self._limits is None:   # (recounted after a worker joins or is lost)
-            per_node: dict[str, int] = {}
-            for w in self.workers.values():
-                per_node[w.node] = per_node.get(w.node, 0) + len(w.cores)
-            self._limits = (max(per_node.values()),
-                            max((len(g) for g in self.node_gpus.values()), default=0),
-                            max(self.node_budget.values()))
-        most_cores, most_gpus, budget = self._limits
-        if opts.cores > most_cores:
-            return (f"the task asks for {opts.cores} cores, but the most any node offers is "
-                    f"{most_cores} (its worker ranks' spare cores); ask for fewer cores or "
-                    f"start more worker ranks per node")
-        if opts.gpus > most_gpus:
-            return (f"the task asks for {opts.gpus} GPU(s), but the most any node has is "
-                    f"{most_gpus}; check `colocate info` or co_location.gpus")
-        if opts.memory and opts.memory > budget:
-            return (f"the task asks for {opts.memory} bytes of memory, but the largest "
-                    f"node budget for functions is {budget} bytes; ask for less or raise "
-                    f"co_location.memory_budget")
-        return ""

@@ -10,9 +10,9 @@ What it keeps:
     ahead), the functions it has cached, its node and cores;
   * per function: a moving average of its run time, which decides whether tasks are sent ahead;
   * per node: the memory reserved by running tasks against the node's budget for functions;
-  * the object store's books (:mod:`colocate.rank0.objects`, a mixin): which worker rank holds
-    each object, for which client, and its size, counted against the same per-node budget (the
-    data never passes through here).
+  * the object store's books (``books``, a :class:`colocate.rank0.objects.StoreBook` it holds):
+    which worker rank holds each object, for which client, and its size, counted against the
+    same per-node budget (the data never passes through here).
 
 Decisions it makes: placement (warm worker first, then least loaded; a task asking for k cores or
 for GPUs runs alone on an idle worker while k-1 other idle workers of its node lend their cores,
@@ -22,7 +22,15 @@ memory kills and lost workers while ``retries`` last; raised exceptions only whe
 node, else the client's own machine when it has room, else the node with the most room; there
 the worker holding the fewest bytes). A task whose arguments hold refs prefers the node that
 holds most of their bytes. Placement looks workers up in indexes kept as events arrive
-(:mod:`colocate.rank0.placement`), never by a scan of every worker: a decision costs O(log W).
+(``_index``, a :class:`colocate.rank0.placement.Placement` it holds, which also places the tasks
+that run alone), never by a scan of every worker: a decision costs O(log W).
+
+Who owns what: the scheduler owns the workers, tasks, queues, functions, run times, GPUs, leases
+and each node's budget and reservations; it tells the placement indexes of every change that
+matters to them, and they answer where a task goes. The books own the store's records and read
+the workers, clients, budgets and reservations; their event methods return the instruction to
+send, and the objects to discard collect in ``books.drops``, which the scheduler sends after
+each event.
 
 Leases: a client that sends one task at a time, alone in the world, gets a worker slot of its own
 after :data:`LEASE_AFTER` such tasks; its lone tasks then go straight to that worker and back
@@ -38,7 +46,6 @@ Its events and instructions are defined in :mod:`colocate.rank0.events` and re-e
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
 from colocate.rank0.events import (  # noqa: F401  (the server reads them as scheduler.X)
     AheadUsed,
@@ -76,8 +83,9 @@ from colocate.rank0.events import (  # noqa: F401  (the server reads them as sch
     WorkerLeaving,
     WorkerPaused,
 )
-from colocate.rank0.objects import StoreBook, _Gone, _Object
-from colocate.rank0.placement import Placement, Placing
+from colocate.rank0.objects import StoreBook, _Object
+from colocate.rank0.placement import Placement
+from colocate.rank0.records import TaskRecord, WorkerRecord
 from colocate.wire.messages import (
     RETRYABLE,
     Outcome,
@@ -85,7 +93,6 @@ from colocate.wire.messages import (
     Status,
     TaskInfo,
     TaskMsg,
-    TaskOptions,
     Work,
     dumps,
     leasable,
@@ -100,51 +107,7 @@ _OK, _RAISED, _REQUEUE = Status.OK, Status.RAISED, Status.REQUEUE
 _new = tuple.__new__   # (builds a NamedTuple without the Python frame of its __new__)
 
 
-class _Task:
-    __slots__ = ("gid", "client", "cid", "fn_hash", "args", "opts", "attempts", "rank",
-                 "helpers", "cores", "gpus", "prefer", "refs")
-
-    def __init__(self, gid: int, client: int | None, msg: TaskMsg) -> None:
-        self.gid = gid
-        self.client = client
-        self.cid = msg.id
-        self.fn_hash = msg.fn_hash
-        self.args = msg.args
-        self.opts: TaskOptions = msg.options
-        self.attempts = 0
-        self.rank: int | None = None
-        self.helpers: list[_Worker] | tuple = ()   # workers lending their cores to this task
-        self.cores: tuple[int, ...] = ()
-        self.gpus: tuple[str, ...] = ()
-        self.prefer: str | None = msg.prefer
-        self.refs: tuple[int, ...] = msg.refs
-
-
-@dataclass(slots=True)
-class _Worker:
-    rank: int
-    node: str
-    cores: tuple[int, ...]
-    last_seen: float
-    assigned: dict[int, _Task] = field(default_factory=dict)   # in dispatch order
-    fns: set[bytes] = field(default_factory=set)
-    paused: bool = False
-    lent_to: int | None = None    # gid of the multi-core task this worker's cores serve
-    done: int = 0
-    failed: int = 0
-    machine: str = ""
-    stored: int = 0               # bytes of objects this rank holds
-    leases: bool = False          # it has a task port (can be leased)
-    lease: int = 0                # the lease a client holds on it (0: none)
-    lease_client: int | None = None
-    lease_ending: bool = False    # CloseLease sent, LeaseClosed not yet back
-    lease_wanted: bool = False    # ... because other work waited for the slot
-    seq: int = 0                  # join order (ties in placement go to the earlier)
-    level: int = -1               # the load it is filed under in the placement indexes (-1: not)
-    pools: tuple = ()             # the placement indexes it is filed in (_placement._Levels)
-
-
-class Scheduler(StoreBook, Placing):
+class Scheduler:
     """Queues, placement, retries and the drain for one colocate world.
 
     Args:
@@ -163,10 +126,10 @@ class Scheduler(StoreBook, Placing):
         self.prefetch_below = prefetch_below
         self.heartbeat_timeout = heartbeat_timeout
         self.default_timeout = default_timeout
-        self.workers: dict[int, _Worker] = {}
+        self.workers: dict[int, WorkerRecord] = {}
         self.lost: dict[int, str] = {}
-        self.tasks: dict[int, _Task] = {}
-        self.queues: dict[int, deque[_Task]] = {}
+        self.tasks: dict[int, TaskRecord] = {}
+        self.queues: dict[int, deque[TaskRecord]] = {}
         self.turn: deque[int] = deque()           # clients with queued tasks, round-robin
         self.fns: dict[bytes, bytes] = {}          # function registry: hash -> pickled function
         self.mean_runtime: dict[bytes, float] = {}
@@ -175,29 +138,23 @@ class Scheduler(StoreBook, Placing):
         self.node_gpus: dict[str, tuple[str, ...]] = {}
         self.gpus_free: dict[str, list[str]] = {}
         self.free_gpus = 0   # GPUs free in the whole world (a quick refusal of GPU tasks)
-        self.objects: dict[int, _Object] = {}
-        self.held: dict[int, dict[int, None]] = {}   # rank -> ids of the objects it holds
-        self.node_stored: dict[str, int] = {}
-        self.objects_lost = 0
-        self.gone: dict[int, _Gone] = {}   # lost object -> where it was and why (oldest first)
-        self.moving: dict[int, dict[int, tuple]] = {}   # leaving rank -> id -> (rank, node, bytes)
-        self.unmoved: dict[int, str] = {}  # id -> why it could not be moved off a leaving rank
-        self.moved: dict[int, tuple] = {}  # moved object -> (fd, where) at its new holder
-        self._next_ref = 1
-        self._drops: dict[int, list[int]] = {}
         self.draining = False
         self.retried = 0
         self._next_gid = 0
         self._out: list[Instruction] = []
         self._deliveries: dict[int, list[ResultMsg]] = {}
-        self._returning: list[_Task] = []
+        self._returning: list[TaskRecord] = []
         self.leases = leases
         self.leased: dict[int, int] = {}   # client -> rank of its lease
         self.lone: dict[int, int] = {}     # client -> lone tasks in a row
         self.lease_after: dict[int, int] = {}   # client -> lone tasks it needs for a lease
-        self._lease_for: _Task | None = None
+        self._lease_for: TaskRecord | None = None
         self._next_lease = 1
-        self._index = Placement(self._room, self.gpus_free)
+        room_changed: set[str] = set()   # (nodes whose free memory may have changed)
+        self.books = StoreBook(self.workers, self.queues, self.node_budget, self.node_reserved,
+                               room_changed)
+        self._drops = self.books.drops   # (the same dict: read after every event, cleared)
+        self._index = Placement(self.books.room, self.gpus_free, room_changed)
         self._limits: tuple[int, int, int] | None = None   # most cores, GPUs, budget of a node
         self._handlers: dict[type, object] = {}   # event type -> its _on_ method
 
@@ -224,7 +181,7 @@ class Scheduler(StoreBook, Placing):
         if self._drops:
             for rank, ids in self._drops.items():
                 self._out.append(DiscardObjects(rank, ids))
-            self._drops = {}
+            self._drops.clear()
         if self._deliveries:
             for client, results in self._deliveries.items():
                 self._out.append(Deliver(client, results))
@@ -254,8 +211,7 @@ class Scheduler(StoreBook, Placing):
         rank = self.leased.get(ev.client)
         if rank is not None:
             self._end_lease(self.workers[rank])
-        self._free([i for i, o in self.objects.items() if o.client == ev.client])
-        self._forget_gone(ev.client)
+        self.books.client_left(ev.client)
         for task in self.queues.pop(ev.client, ()):
             del self.tasks[task.gid]
         if ev.client in self.turn:
@@ -283,7 +239,7 @@ class Scheduler(StoreBook, Placing):
             if reason:
                 self._deliver(ev.client, ResultMsg(msg.id, Status.REJECTED, dumps(reason), None))
                 continue
-            task = _Task(self._next_gid, ev.client, msg)
+            task = TaskRecord(self._next_gid, ev.client, msg)
             self._next_gid += 1
             self.tasks[task.gid] = task
             queue.append(task)
@@ -312,11 +268,11 @@ class Scheduler(StoreBook, Placing):
         old = self.workers.get(ev.rank)
         if old is not None:   # (it keeps its place in the join order)
             self._index.leave(old)
-        worker = self.workers[ev.rank] = _Worker(ev.rank, ev.node, tuple(ev.cores), ev.now,
+        worker = self.workers[ev.rank] = WorkerRecord(ev.rank, ev.node, tuple(ev.cores), ev.now,
                                                  machine=ev.machine, leases=ev.leases)
         self.node_budget[ev.node] = ev.memory_budget
         self.node_reserved.setdefault(ev.node, 0)
-        self.node_stored.setdefault(ev.node, 0)
+        self.books.add_node(ev.node)
         if ev.node not in self.node_gpus:
             self.node_gpus[ev.node] = tuple(ev.gpus)
             self.gpus_free[ev.node] = list(ev.gpus)
@@ -352,7 +308,7 @@ class Scheduler(StoreBook, Placing):
             task = assigned.pop(out.gid, None)
             if out.kept:
                 owner = task.client if task is not None and out.status == _OK else None
-                self._kept(worker, owner, out.kept)
+                self.books.kept(worker, owner, out.kept)
             if task is None:
                 continue
             cores = task.cores or worker.cores
@@ -400,8 +356,7 @@ class Scheduler(StoreBook, Placing):
         self._limits = None
         if worker.lease:   # (its client sees the connection close and fails what it sent)
             self.leased.pop(worker.lease_client, None)
-        self._cancel_moves(ev.rank)
-        self._lose_objects(ev.rank, ev.reason)
+        self.books.lose(ev.rank, ev.reason)
         self._index.room_changed.add(worker.node)
         served = self.tasks.get(worker.lent_to) if worker.lent_to is not None else None
         if served is not None and worker in served.helpers:   # it was lending its cores
@@ -443,6 +398,55 @@ class Scheduler(StoreBook, Placing):
             if worker.assigned or worker.lease:
                 self._out.append(CutOff(worker.rank, Status.INTERRUPTED))
 
+    # ----- the object store: the books decide, the scheduler sends ----------------------------
+    def _on_PutRequested(self, ev: PutRequested) -> None:
+        self._out.append(self.books.put(ev, self.draining))
+
+    def _on_FreeRequested(self, ev: FreeRequested) -> None:
+        self.books.free(ev.ids)
+
+    def _on_AheadUsed(self, ev: AheadUsed) -> None:
+        self.books.ahead_used(ev.client, ev.ids)
+
+    def _on_WorkerLeaving(self, ev: WorkerLeaving) -> None:
+        said = self.books.leaving(ev.rank)
+        if said is not None:
+            self._out.append(said)
+
+    def _on_ObjectsMoved(self, ev: ObjectsMoved) -> None:
+        said = self.books.objects_moved(ev)
+        if said is not None:
+            self._out.append(said)
+
+    # read views of the books, for rank 0's loop (``WhereIs``) and the tests
+    @property
+    def objects(self) -> dict[int, _Object]:
+        """The stored objects by id (the books' record; read it, never change it)."""
+        return self.books.objects
+
+    @property
+    def held(self) -> dict[int, dict[int, None]]:
+        """The ids of the objects each rank holds (the books' record)."""
+        return self.books.held
+
+    @property
+    def gone(self) -> dict:
+        """Lost object id -> where it was and why (the books' record)."""
+        return self.books.gone
+
+    @property
+    def moved(self) -> dict[int, tuple]:
+        """Moved object id -> ``(fd, where)`` at its new holder (the books' record)."""
+        return self.books.moved
+
+    def where_is(self, oid: int) -> tuple[str, _Object | None]:
+        """Why object ``oid`` is lost, or its record: :meth:`StoreBook.where_is`."""
+        return self.books.where_is(oid)
+
+    def lost_argument(self, refs: tuple[int, ...]) -> str | None:
+        """Why a task naming ``refs`` cannot run: :meth:`StoreBook.lost_argument`."""
+        return self.books.lost_argument(refs)
+
     # ----- leases --------------------------------------------------------------------------------
     def _on_LeaseClosed(self, ev: LeaseClosed) -> None:
         worker = self.workers.get(ev.rank)
@@ -466,7 +470,7 @@ class Scheduler(StoreBook, Placing):
             return
         known = ev.client in self.queues
         ok = ev.result.status == Status.OK
-        self._kept(worker, ev.client if known and ok else None, ev.kept)
+        self.books.kept(worker, ev.client if known and ok else None, ev.kept)
         if known:
             self._deliver(ev.client, ev.result)
 
@@ -485,7 +489,7 @@ class Scheduler(StoreBook, Placing):
         self._out.append(GrantLease(task.client, worker.rank, worker.lease,
                                     self.default_timeout))
 
-    def _end_lease(self, worker: _Worker, wanted: bool = False) -> None:
+    def _end_lease(self, worker: WorkerRecord, wanted: bool = False) -> None:
         """Ask the worker to end its lease; ``wanted``: because other work waits for the slot."""
         if worker.lease and not worker.lease_ending:
             worker.lease_ending = True
@@ -498,14 +502,15 @@ class Scheduler(StoreBook, Placing):
             return
         batches: dict[int, list[Work]] = {}
         blocked = 0
-        turn, queues, index = self.turn, self.queues, self._index
+        turn, queues, index, books = self.turn, self.queues, self._index, self.books
+        gone, moved = books.gone, books.moved   # (never rebound: read here per task with refs)
         last_fn, depth = None, 1   # (the send-ahead depth of the last function placed)
         while turn and blocked < len(turn):
             client = turn[0]
             queue = queues[client]
             task = queue[0]
-            if task.refs and self.gone:
-                lost = self.lost_argument(task.refs)
+            if task.refs and gone:
+                lost = books.lost_argument(task.refs)
                 if lost is not None:   # it can only fail: with ObjectLost, never sent
                     queue.popleft()
                     if not queue:
@@ -516,7 +521,8 @@ class Scheduler(StoreBook, Placing):
             opts = task.opts
             fn = task.fn_hash
             if opts.cores > 1 or opts.gpus:
-                placed = self._place_exclusive(task)
+                placed = (None if opts.gpus > self.free_gpus   # (the common refusal: no GPU)
+                          else index.exclusive(task))
                 worker = None if placed is None else placed[0]
             else:   # (what _place does, inlined: the hot path of every decision)
                 placed = None
@@ -548,7 +554,7 @@ class Scheduler(StoreBook, Placing):
             timeout = opts.timeout if opts.timeout is not None else self.default_timeout
             work = _new(Work, (task.gid, fn, fn_bytes, task.args, timeout, opts.memory,
                                task.cores, task.gpus,
-                               self.relocations(task.refs) if task.refs and self.moved else ()))
+                               books.relocations(task.refs) if task.refs and moved else ()))
             batch = batches.get(worker.rank)
             if batch is None:
                 batches[worker.rank] = [work]
@@ -561,7 +567,7 @@ class Scheduler(StoreBook, Placing):
                                  key=lambda w: w.seq):
                 self._end_lease(worker, wanted=True)
 
-    def _take(self, task: _Task, worker: _Worker, helpers: list[_Worker],
+    def _take(self, task: TaskRecord, worker: WorkerRecord, helpers: list[WorkerRecord],
               gpus: list[str]) -> None:
         """Give a task that runs alone its lent cores and GPUs."""
         task.helpers = helpers
@@ -589,17 +595,36 @@ class Scheduler(StoreBook, Placing):
             return max(1, min(self.prefetch, round(AHEAD_SECONDS / max(mean, 1e-6))))   # ~20 ms
         return 1
 
-    def _place(self, task: _Task) -> tuple[_Worker, list[_Worker], list[str]] | None:
-        """Choose where ``task`` runs: a worker, the workers lending it cores, its GPUs."""
-        opts = task.opts
-        if opts.cores > 1 or opts.gpus:
-            return self._place_exclusive(task)
-        best = self._index.best(task.fn_hash, self._depth(task.fn_hash), task.prefer,
-                                opts.memory)
-        return None if best is None else (best, [], [])
+    def _cannot_run(self, msg: TaskMsg) -> str:
+        """Why no node of this world could ever run the task ("" if one could)."""
+        if msg.fn_hash not in self.fns:
+            return "the function was never sent to this server (client protocol error)"
+        opts = msg.options
+        if not self.workers or (opts.cores <= 1 and not opts.gpus and not opts.memory):
+            return ""   # (any worker can run it: the common case, checked per task)
+        if self._limits is None:   # (recounted after a worker joins or is lost)
+            per_node: dict[str, int] = {}
+            for w in self.workers.values():
+                per_node[w.node] = per_node.get(w.node, 0) + len(w.cores)
+            self._limits = (max(per_node.values()),
+                            max((len(g) for g in self.node_gpus.values()), default=0),
+                            max(self.node_budget.values()))
+        most_cores, most_gpus, budget = self._limits
+        if opts.cores > most_cores:
+            return (f"the task asks for {opts.cores} cores, but the most any node offers is "
+                    f"{most_cores} (its worker ranks' spare cores); ask for fewer cores or "
+                    f"start more worker ranks per node")
+        if opts.gpus > most_gpus:
+            return (f"the task asks for {opts.gpus} GPU(s), but the most any node has is "
+                    f"{most_gpus}; check `colocate info` or co_location.gpus")
+        if opts.memory and opts.memory > budget:
+            return (f"the task asks for {opts.memory} bytes of memory, but the largest "
+                    f"node budget for functions is {budget} bytes; ask for less or raise "
+                    f"co_location.memory_budget")
+        return ""
 
     # ----- helpers -------------------------------------------------------------------------------
-    def _should_retry(self, task: _Task, out: Outcome) -> bool:
+    def _should_retry(self, task: TaskRecord, out: Outcome) -> bool:
         if self.draining or task.attempts > task.opts.retries:
             return False
         if out.status in RETRYABLE:
@@ -607,7 +632,7 @@ class Scheduler(StoreBook, Placing):
         return out.status == Status.RAISED and bool(out.exc_type) and (
             out.exc_type in task.opts.retry_on)
 
-    def _release(self, worker: _Worker, task: _Task) -> None:
+    def _release(self, worker: WorkerRecord, task: TaskRecord) -> None:
         task.rank = None
         if task.opts.memory:
             self.node_reserved[worker.node] -= task.opts.memory
@@ -625,7 +650,7 @@ class Scheduler(StoreBook, Placing):
             task.gpus = ()
             self._index.changed.add(worker.node)
 
-    def _requeue(self, task: _Task) -> None:
+    def _requeue(self, task: TaskRecord) -> None:
         if task.client is None:
             del self.tasks[task.gid]
             return
@@ -635,7 +660,7 @@ class Scheduler(StoreBook, Placing):
             return
         self._returning.append(task)
 
-    def _finish(self, task: _Task, result: ResultMsg) -> None:
+    def _finish(self, task: TaskRecord, result: ResultMsg) -> None:
         del self.tasks[task.gid]
         if task.client is not None:
             self._deliver(task.client, result)
@@ -668,10 +693,10 @@ class Scheduler(StoreBook, Placing):
                 "stored": w.stored,
             })
         per_node: dict[str, dict] = {
-            n: {"objects": 0, "bytes": self.node_stored.get(n, 0), "ahead": 0,
+            n: {"objects": 0, "bytes": self.books.node_stored.get(n, 0), "ahead": 0,
                 "budget": self.node_budget[n], "reserved": self.node_reserved.get(n, 0)}
             for n in self.node_budget}
-        for obj in self.objects.values():
+        for obj in self.books.objects.values():
             if obj.ahead:   # held for a client's next put: budget, not yet an object
                 per_node[obj.node]["ahead"] += obj.nbytes
                 per_node[obj.node]["bytes"] -= obj.nbytes
@@ -686,5 +711,5 @@ class Scheduler(StoreBook, Placing):
             "store": {"objects": sum(p["objects"] for p in per_node.values()),
                       "bytes": sum(p["bytes"] for p in per_node.values()),
                       "ahead": sum(p["ahead"] for p in per_node.values()),
-                      "lost": self.objects_lost, "nodes": per_node},
+                      "lost": self.books.objects_lost, "nodes": per_node},
         }

@@ -19,13 +19,12 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from colocate.testing import wait_until
+from colocate.testing import World, colocate_cmd, new_tag, wait_until
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -169,47 +168,34 @@ def cluster():
 
 
 # ----- worlds across the nodes -----------------------------------------------------------------
-class SrunWorld:
+class SrunWorld(World):
     """A colocate world started by ``srun`` on the virtual cluster, one rank per listed node.
 
     ``layout`` names the node of every rank in rank order (``srun --distribution=arbitrary``):
-    ``("vnode2", "vnode1", "vnode2", "vnode3")`` puts rank 0 on vnode2.
+    ``("vnode2", "vnode1", "vnode2", "vnode3")`` puts rank 0 on vnode2. The rest is
+    :class:`colocate.testing.World`'s, but for stopping: ``colocate stop`` runs on rank 0's
+    node, then the job is cancelled (``scancel``).
     """
 
     def __init__(self, cluster: Cluster, layout: Sequence[str], directory: Path,
                  name: str = "world", env: dict[str, str] | None = None,
                  time_limit: int = 10) -> None:
         self.cluster, self.layout = cluster, tuple(layout)
-        self.tag = f"{name}-{uuid.uuid4().hex[:12]}"
-        self.address = directory / f"{name}.address"
-        self.log_path = directory / f"{name}.log"
+        tag = new_tag(name)
         hosts = directory / f"{name}.hosts"
         hosts.write_text("".join(f"{n}\n" for n in self.layout))
-        self.env = cluster.environ(self.tag, SLURM_HOSTFILE=str(hosts),
-                                   COLOCATE_CO_LOCATION_SPARE_CORES="all", **(env or {}))
-        self.name = f"{name}-{self.tag[-6:]}"
-        cmd = ["srun", f"--job-name={self.name}", "--distribution=arbitrary",
-               f"--ntasks={len(self.layout)}", "--mpi=pmi2", f"--time={time_limit}",
-               "--kill-on-bad-exit=0",
-               sys.executable, "-m", "colocate", "serve", "--address-file", str(self.address)]
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.name = f"{name}-{tag[-6:]}"
+        super().__init__(
+            len(self.layout), directory, name, tag=tag,
+            environ=cluster.environ(tag, SLURM_HOSTFILE=str(hosts),
+                                    COLOCATE_CO_LOCATION_SPARE_CORES="all", **(env or {})),
+            launcher=("srun", f"--job-name={self.name}", "--distribution=arbitrary",
+                      f"--ntasks={len(self.layout)}", "--mpi=pmi2", f"--time={time_limit}",
+                      "--kill-on-bad-exit=0"))
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_ready(self, timeout: float = 90) -> SrunWorld:
-        def written() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the world exited with code {self.proc.returncode} before it was "
-                            f"ready:\n{self.log()}")
-            return self.address.exists()
-        wait_until(written, timeout, f"the address file {self.address}", 0.05, 0.5)
+    def wait_ready(self, timeout: float = 90, workers: bool = False) -> SrunWorld:
+        """Wait for the address file (with ``workers``, for every worker to join too)."""
+        super().wait_ready(timeout, workers)
         return self
 
     def read_address(self) -> dict:
@@ -220,37 +206,32 @@ class SrunWorld:
                                  check=False).stdout.split()
         return out[0] if out else None
 
-    def wait_exit(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
     def stop(self, timeout: float = 60, ask: bool = True) -> int | None:
         """``colocate stop`` on rank 0's node (with ``ask``), then scancel the job.
 
         Returns srun's exit code.
         """
+        return super().stop(timeout, ask=ask)
+
+    def _ask_stop(self, timeout: float) -> None:
         try:
-            if ask and self.proc.poll() is None and self.address.exists():
-                try:
-                    stop = self.cluster.on(self.layout[0], [
-                        sys.executable, "-m", "colocate", "stop", "--address",
-                        str(self.address)], env=self.env, timeout=timeout, check=False)
-                    if stop.returncode == 0:
-                        self.wait_exit(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            if self.proc.poll() is None:
-                jobid = self.jobid()
-                if jobid:
-                    self.cluster.slurm("scancel", jobid, check=False)
-                if self.wait_exit(30) is None:
-                    self.proc.kill()
-                    self.wait_exit(10)
-            return self.proc.returncode
-        finally:
-            self._log.close()
+            stop = self.cluster.on(self.layout[0], colocate_cmd(
+                "stop", "--address", str(self.address)), env=self.env, timeout=timeout,
+                check=False)
+            if stop.returncode == 0:
+                self.wait_exit(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _terminate(self) -> None:
+        jobid = self.jobid()
+        if jobid:
+            self.cluster.slurm("scancel", jobid, check=False)
+        self.wait_exit(30)
+
+    def kill(self) -> None:   # (its ranks run under slurmd: scancel ended them, or nothing will)
+        self.proc.kill()
+        self.wait_exit(10)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def main() -> None:
     array = np.arange(mib * 2**20 // 8, dtype=np.float64)
     if mode == "normal":
         with colocate.Executor(max_workers=1) as ex:
-            print("world", ex._world.dir, flush=True)
+            print("world", ex.world.dir, flush=True)
             refs = [ex.put(array) for _ in range(3)]
             for ref in refs:
                 assert ex.get(ref).shape == array.shape
@@ -36,13 +36,13 @@ def main() -> None:
         return
     if mode == "raise-in-with":
         with colocate.Executor(max_workers=1) as ex:
-            print("world", ex._world.dir, flush=True)
+            print("world", ex.world.dir, flush=True)
             ex.put(array)
             futures = [ex.submit(time.sleep, 0.5) for _ in range(2)]
             print("ready", flush=True)
             raise RuntimeError("raised inside the with block")
     ex = colocate.Executor(max_workers=1)
-    print("world", ex._world.dir, flush=True)
+    print("world", ex.world.dir, flush=True)
     refs = [ex.put(array) for _ in range(2)]
     futures = [ex.submit(time.sleep, 120) for _ in range(3)]
     futures.append(ex.submit(total, refs[0]))

@@ -100,7 +100,7 @@ def local_world(subprocess_env, assert_no_leftovers):
         owner = colocate.Executor(max_workers=1)
         try:
             assert owner.submit(square, 3).result(timeout=RESULT_TIMEOUT) == 9
-            yield owner._world.path
+            yield owner.world.path
         finally:
             owner.shutdown(wait=True, cancel_futures=True)
     assert_no_leftovers(tag)
@@ -308,8 +308,8 @@ def test_an_executor_collected_without_shutdown_leaves_nothing_running(kind, col
     if kind == "colocate":
         ex = colocate.Executor(max_workers=1)   # its own local world: its end is the check
         assert ex.submit(square, 5).result(timeout=RESULT_TIMEOUT) == 25
-        procs = ex._world.processes()
-        threads = [ex._conn.thread]
+        procs = ex.world.processes()
+        threads = [ex.thread]
     else:
         ex = cf.ProcessPoolExecutor(max_workers=1)
         assert ex.submit(square, 5).result(timeout=RESULT_TIMEOUT) == 25

@@ -443,7 +443,7 @@ def test_context_manager_shuts_down(make_executor):
 
 def test_local_world_stops_with_its_executor(colocate_env):
     ex = Executor(max_workers=1)
-    proc = ex._world.proc
+    proc = ex.world.proc
     assert ex.submit(square, 4).result(timeout=RESULT_TIMEOUT) == 16
     ex.shutdown(wait=True)
     assert proc.poll() == 0, f"the local world's mpiexec: {proc.poll()}"

@@ -19,7 +19,7 @@ import pytest
 
 import colocate
 from colocate import Executor, SerializationError, TaskTimeout, WorkerCrashed, WorkerLost
-from colocate.testing import crash
+from colocate.testing import connection_of, crash
 from colocate.wire.bell import answer, listen
 from colocate.wire.messages import Lease, LeaseOver, Submit
 from colocate.wire.stream import Stream
@@ -181,7 +181,7 @@ def test_a_task_sent_under_a_lease_that_ends_goes_through_rank_0(world_factory, 
     without LeaseOver: the worker is gone, and the task fails with WorkerLost."""
     world = world_factory(2)
     with Executor(address=world.address) as ex:
-        conn = ex._conn
+        conn = connection_of(ex)   # (white-box: it stands in for rank 0 granting a lease)
         stand_in = StandIn(conn.address.token, then)
         conn._take_lease(Lease(99, 1, "127.0.0.1", stand_in.port))
         assert lease_of(ex) is not None

@@ -1,9 +1,6 @@
 """Launcher command builders (colocate.launch) and the plan they make (colocate.launch.run)."""
 
-import os
 import shlex
-import subprocess
-import sys
 
 import pytest
 
@@ -359,35 +356,3 @@ def test_local_task_id():
     assert LL.local_task_id({"SLURM_LOCALID": "3"}) == 3
     assert LL.local_task_id({"MPI_LOCALRANKID": "1"}) == 1
     assert LL.local_task_id({}) == 0
-
-
-# ----- pin, for real -----------------------------------------------------------------------------
-AFFINITY = "import os; print(sorted(os.sched_getaffinity(0)))"
-
-
-def _pin(args, env=None):
-    out = subprocess.run([sys.executable, "-m", "colocate.launch", "pin", *args],
-                         capture_output=True, text=True, timeout=60,
-                         env={**os.environ, **(env or {})})
-    return out.returncode, out.stdout.strip(), out.stderr
-
-
-def test_pin_binds_then_execs():
-    cpu = max(os.sched_getaffinity(0))
-    assert _pin(["--cores", str(cpu), "--", sys.executable, "-c", AFFINITY]) == (
-        0, f"[{cpu}]", "")
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
-def test_pin_per_task_uses_the_local_id():
-    a, b = sorted(os.sched_getaffinity(0))[:2]
-    rc, out, _ = _pin(["--cores", f"{a},{b}", "--per-task", "2", "--", sys.executable, "-c",
-                       AFFINITY], {"SLURM_LOCALID": "1"})
-    assert (rc, out) == (0, f"[{b}]")
-
-
-def test_pin_explains_failures():
-    rc, _, err = _pin(["--cores", "1000", "--", "true"])
-    assert rc == 1 and "cannot bind to CPUs 1000" in err and "this process may use" in err
-    rc, _, err = _pin(["--cores", "0", "--", "/nonexistent/prog"])
-    assert rc == 127 and "cannot run '/nonexistent/prog'" in err

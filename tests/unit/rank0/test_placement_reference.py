@@ -19,7 +19,9 @@ import pytest
 
 from colocate.rank0 import scheduler as S
 from colocate.rank0.events import SendWork
-from colocate.rank0.scheduler import AHEAD_SECONDS, _Task, _Worker  # noqa: F401
+from colocate.rank0.records import TaskRecord as _Task  # noqa: F401
+from colocate.rank0.records import WorkerRecord as _Worker  # noqa: F401
+from colocate.rank0.scheduler import AHEAD_SECONDS  # noqa: F401
 from colocate.wire.messages import Outcome, Status, TaskMsg, TaskOptions, Work
 
 
@@ -177,7 +179,7 @@ class Reference(S.Scheduler):
 
     def _memory_fits(self, worker: _Worker, task: _Task) -> bool:
         memory = task.opts.memory
-        return not memory or memory <= self._room(worker.node)
+        return not memory or memory <= self.books.room(worker.node)
 
     def _cannot_run(self, msg: TaskMsg) -> str:
         if msg.fn_hash not in self.fns:

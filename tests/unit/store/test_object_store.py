@@ -259,7 +259,7 @@ def test_lost_worker_touches_only_the_objects_it_held():
             seen.append("iter")
             return super().__iter__()
 
-    s.objects = Watched(s.objects)
+    s.books.objects = Watched(s.books.objects)
     s.handle(S.WorkerGone(2, "gone"))   # holds nothing: nothing is lost
     assert seen == [] and len(s.objects) == 203
     s.handle(S.WorkerGone(1, "gone"))

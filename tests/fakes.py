@@ -1,9 +1,13 @@
-"""A thread-pool test double of colocate's Executor, for the pure batch-layer unit tests.
+"""A thread-pool test double of colocate's Executor, for the batch layer's tests.
 
 It implements the part of the contract the batch runner uses: ``submit``, ``options`` (a view
 sharing the pool), ``max_workers``, ``shutdown`` and the context manager; futures get
 ``info`` (node, rank, cores, started, finished, attempts) when done; ``retries`` retry runtime
 failures and the ``retry_on`` types. It also counts outstanding futures, to test bounds.
+
+Shared by tests/unit/batch/ and tests/integration/ (``from fakes import FakeExecutor``: pytest
+puts tests/, where the top conftest.py is, on ``sys.path``; a subprocess needs it on its
+``PYTHONPATH``).
 """
 
 from __future__ import annotations

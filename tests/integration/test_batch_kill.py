@@ -20,8 +20,8 @@ from fakes import FakeExecutor
 from colocate.batch import RunDir, cmd_run, iter_records, load_batch, run_batch
 from colocate.batch.journal import RESULTS
 
-REPO = Path(__file__).resolve().parents[3]
-UNIT = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"   # (fakes.py, for the drivers)
 N_TASKS = 90
 
 KERNELS = """
@@ -89,6 +89,7 @@ def same(a: object, b: object) -> bool:
     return a == b
 
 
+@pytest.mark.timeout(300)
 def test_sigkill_at_a_random_moment_then_resume(setup):
     tmp_path, batch = setup
     spec = load_batch(batch)
@@ -98,7 +99,7 @@ def test_sigkill_at_a_random_moment_then_resume(setup):
 
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(UNIT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
     for round_ in range(3):
         run = tmp_path / f"run{round_}"
         journal = run / RESULTS
@@ -143,6 +144,7 @@ sys.exit(cmd_run(sys.argv[1], lambda n: FakeExecutor(max_workers=2), progress="l
 """
 
 
+@pytest.mark.timeout(120)
 def test_sigterm_drains_then_resume_finishes(tmp_path):
     (tmp_path / "s.py").write_text(SLOW)
     (tmp_path / "run_driver.py").write_text(RUN_DRIVER)
@@ -150,7 +152,7 @@ def test_sigterm_drains_then_resume_finishes(tmp_path):
     batch.write_text(f"function: s.py:slow\ntasks: {{product: {{i: {list(range(40))}}}}}\n"
                      f"output: {tmp_path / 'run'}\n")
     journal = tmp_path / "run" / RESULTS
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(UNIT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
     proc = subprocess.Popen([sys.executable, str(tmp_path / "run_driver.py"), str(batch)],
                             env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
