@@ -342,9 +342,13 @@ class Connection(StoreClient):
             try:
                 with self.lock:
                     self.reader = threading.get_ident()
-                # Poll hot a moment first (client.hot): a lone task's result often comes
-                # within it, and a thread asleep in select takes tens of µs to wake.
-                hot_until = time.monotonic() + self.hot
+                # Poll hot a moment first (client.hot), only for a task on the direct path
+                # (its result usually comes within it, and a thread asleep in select takes
+                # tens of µs to wake). Through rank 0 it takes longer, and spinning here would
+                # take a core from rank 0 or the worker on a small machine.
+                link = self.lease
+                hot = self.hot if link is not None and fut._id in link.sent else 0.0
+                hot_until = time.monotonic() + hot
                 while not fut.done() and not self.stream.closed and self.goodbye is None:
                     now = time.monotonic()
                     left = READ_SLICE if deadline is None else min(READ_SLICE, deadline - now)
