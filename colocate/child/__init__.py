@@ -170,6 +170,10 @@ def main() -> None:
     while True:
         fds = [in_fd] if direct is None else [in_fd, *direct.streams()]
         ready = _wait(fds, hot, since)
+        # Leased tasks first: one already sent runs before an order to end its lease that
+        # came at the same time (the ending waits for it; either order keeps LeaseOver true).
+        if direct is not None and len(ready) > (in_fd in ready):
+            direct.ready(ready)
         if in_fd in ready:
             try:
                 frames, closed = reader.drain()
@@ -192,8 +196,6 @@ def main() -> None:
                     write_frame(out_fd, (out.gid, int(out.status), *out[2:]))
             if closed:   # the worker rank is gone
                 return
-        if direct is not None and len(ready) > (in_fd in ready):
-            direct.ready(ready)
         since = time.monotonic()
 
 
