@@ -132,9 +132,15 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
         if not ok:
             raise ConfigError(f"expected {kind.__name__} (like {default!r}), found {value!r}",
                               source=source, key=f"{section}.{key}")
+    bounds = _BOUNDS.get((section, key))
+    if bounds is not None and value is not None and not bounds[0] <= value <= bounds[1]:
+        raise ConfigError(f"expected {bounds[2]} from {bounds[0]:g} to {bounds[1]:g}, found "
+                          f"{value!r}", source=source, key=f"{section}.{key}")
     cfg[section][key] = value
 
 
+# Settings with a range: (least, most, what they count).
+_BOUNDS = {("executor", "hot"): (0.0, 1.0, "seconds"), ("client", "hot"): (0.0, 0.01, "seconds")}
 # Settings read from the environment as text, not YAML (a CPU list "1" is not the number 1).
 _TEXT = {("co_location", "spare_cores"), ("pool", "time"), ("pool", "time_min")}
 

@@ -7,7 +7,9 @@ write back one :class:`~colocate.wire.messages.Outcome` per task. It reads on it
 when it has nothing left to run: a reader thread would cost a thread hand-off per task, and the
 worker never blocks on a full pipe anyway (it queues what the pipe cannot take yet). Functions are
 cached by content hash. Each outcome is written the moment its task ends (the worker reads them in
-batches).
+batches). It also holds the connections of leased clients its worker hands it, and reads and
+answers their tasks itself (:mod:`colocate.child.direct`). After each task it polls hot for
+``executor.hot`` seconds before it sleeps in ``select``.
 
 Both directions carry plain tuples, not the named tuples of :mod:`colocate.wire.messages`, and an
 outcome's status as a plain ``int`` (what ``Outcome.status`` declares; every reader compares
@@ -24,6 +26,7 @@ import json
 import mmap
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
@@ -115,11 +118,12 @@ def _not_ours(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    """Entry point: ``python -m colocate.child IN_FD OUT_FD SETTINGS_JSON [SKIP_FD]``.
+    """Entry point: ``python -m colocate.child IN_FD OUT_FD SETTINGS_JSON [SHARED_FD [FDS_FD]]``.
 
-    ``SKIP_FD``: the take-back counter shared with the worker
+    ``SHARED_FD``: memory shared with the worker: the take-back counter
     (:meth:`colocate.worker.childhandle.ChildHandle.take_back`): tasks of the batches numbered
-    at or below it are returned unstarted, as ``REQUEUE`` outcomes.
+    at or below it are returned unstarted, as ``REQUEUE`` outcomes; then the direct path's slot
+    (:mod:`colocate.child.direct`). ``FDS_FD``: the Unix socket leased connections come over.
     """
     # The worker decides when this process ends (it kills it on a timeout, a cut-off or its own
     # exit). A batch system signals every process of a job step at preemption or cancellation,
@@ -129,7 +133,10 @@ def main() -> None:
         signal.signal(signum, _not_ours)
     in_fd, out_fd = int(sys.argv[1]), int(sys.argv[2])
     settings = json.loads(sys.argv[3])
-    skip = mmap.mmap(int(sys.argv[4]), 8) if len(sys.argv) > 4 else None
+    skip = None
+    if len(sys.argv) > 4:
+        size = os.fstat(int(sys.argv[4])).st_size
+        skip = mmap.mmap(int(sys.argv[4]), size)
     store.context_from_environment()
     from colocate.colocation.sandbox import apply_sandbox
     applied = apply_sandbox(settings.get("cores"), settings.get("priority", "idle"),
@@ -138,23 +145,64 @@ def main() -> None:
     from colocate.wire.pipe import FrameReader, write_frame
     write_frame(out_fd, {"ready": os.getpid(), "sandbox": applied})
 
-    reader = FrameReader(in_fd)
     cache: dict = {}
-    number = 0   # of the batch being run, counted as the worker counts the batches it sends
-    while True:
-        try:
-            batches = reader.next()
-        except (EOFError, OSError):   # the worker rank is gone
-            return
-        for batch in batches:
-            number += 1
-            for item in batch:
-                if skip is not None and number <= struct.unpack_from("q", skip)[0]:
-                    _keep_function(item, cache)   # the worker counts on it being here
-                    write_frame(out_fd, (item[0], int(Status.REQUEUE), b"", 0.0, 0.0, "", ()))
-                    continue
-                out = run_work(Work._make(item), cache, settings)
-                # Each outcome is written as soon as it exists: if a later task kills this
-                # process, what finished before is already in the pipe and is not lost.
-                write_frame(out_fd, (out.gid, int(out.status), *out[2:]))
+    direct = None
+    if len(sys.argv) > 5:
+        import socket
 
+        from colocate.child.direct import Direct
+        ctx = store._context
+        seen = [0]
+
+        def kept() -> bool:   # whether the task just run kept objects
+            if ctx is None or ctx.kept == seen[0]:
+                return False
+            seen[0] = ctx.kept
+            return True
+
+        direct = Direct(socket.socket(fileno=int(sys.argv[5])), skip, out_fd,
+                        lambda w: run_work(w, cache, settings), kept, cache)
+    hot = float(settings.get("hot", 0.0))
+    os.set_blocking(in_fd, False)
+    reader = FrameReader(in_fd)
+    number = 0   # of the batch being run, counted as the worker counts the batches it sends
+    since = time.monotonic()
+    while True:
+        fds = [in_fd] if direct is None else [in_fd, *direct.streams()]
+        ready = _wait(fds, hot, since)
+        # Leased tasks first: one already sent runs before an order to end its lease that
+        # came at the same time (the ending waits for it; either order keeps LeaseOver true).
+        if direct is not None and len(ready) > (in_fd in ready):
+            direct.ready(ready)
+        if in_fd in ready:
+            try:
+                frames, closed = reader.drain()
+            except OSError:
+                return
+            for batch in frames:
+                if type(batch) is dict:   # an order about leased connections
+                    direct.order(batch, lambda note: write_frame(out_fd, note))
+                    continue
+                number += 1
+                for item in batch:
+                    if skip is not None and number <= struct.unpack_from("q", skip)[0]:
+                        _keep_function(item, cache)   # the worker counts on it being here
+                        write_frame(out_fd, (item[0], int(Status.REQUEUE), b"", 0.0, 0.0, "",
+                                             ()))
+                        continue
+                    out = run_work(Work._make(item), cache, settings)
+                    # Each outcome is written as soon as it exists: if a later task kills this
+                    # process, what finished before is already in the pipe and is not lost.
+                    write_frame(out_fd, (out.gid, int(out.status), *out[2:]))
+            if closed:   # the worker rank is gone
+                return
+        since = time.monotonic()
+
+
+def _wait(fds: list, hot: float, since: float) -> list:
+    """Readable ``fds``: polled until ``since + hot`` (SCHED_IDLE: free to the host), then slept."""
+    while time.monotonic() < since + hot:
+        ready = select.select(fds, [], [], 0)[0]
+        if ready:
+            return ready
+    return select.select(fds, [], [], None)[0]

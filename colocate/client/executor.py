@@ -82,7 +82,7 @@ class Executor(cf.Executor):
                              f"{os.fspath(address)!r} has its own workers")
         where = address if isinstance(address, addr.Address) else addr.read(address)
         try:
-            self._conn = Connection(where, transport)
+            self._conn = Connection(where, transport, cfg["client"]["hot"])
         except BaseException:
             if self._world is not None:
                 self._world.stop()

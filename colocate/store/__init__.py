@@ -307,7 +307,7 @@ def _numpy_if_loaded() -> Any:
 class Context:
     """What an executor child (or an inline worker) knows of its worker rank's store."""
 
-    __slots__ = ("world", "token", "node", "rank", "where", "transport", "gid")
+    __slots__ = ("world", "token", "node", "rank", "where", "transport", "gid", "kept")
 
     def __init__(self, world: str, token: str, node: str, rank: int, where: StoreAddress,
                  transport: str = "auto") -> None:
@@ -318,6 +318,7 @@ class Context:
         self.where = where
         self.transport = transport
         self.gid: int | None = None    # the task running now (keep() charges its objects to it)
+        self.kept = 0                  # keep() calls so far (the direct path asks: any new?)
 
     def to_env(self) -> str:
         """Serialized for the child's environment (readable by its owner only)."""
@@ -367,6 +368,7 @@ def keep(value: Any) -> Ref:
         raise RuntimeError("colocate.keep() stores a value from inside a function running on a "
                            "colocate worker; in the client, use ex.put(value)")
     from colocate.store.datalink import keep_local
+    ctx.kept += 1
     return keep_local(ctx, value)
 
 

@@ -21,6 +21,7 @@ import mmap
 import os
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import time
 from collections import deque
 from typing import Any
 
+from colocate.child.direct import SHARED_SIZE, pass_fd, read_slot
 from colocate.wire.messages import Outcome, Status, Work, dumps
 from colocate.wire.pipe import FrameReader, enlarge_pipe, frame
 
@@ -83,7 +85,10 @@ class ChildHandle:
         self.sandbox: dict = {}
         self.restarts = 0
         self.batches = 0   # frames of work sent to this child
-        self.skip: mmap.mmap | None = None   # shared with the child: see take_back()
+        self.skip: mmap.mmap | None = None   # shared with the child: see take_back(), slot()
+        self.fds: socket.socket | None = None   # leased connections go to the child over it
+        self.notes: list[tuple] = []   # the child's notes on leased connections (collect)
+        self.last_slot: tuple | None = None   # slot() of the last child, read once it died
 
     # ----- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,18 +98,21 @@ class ChildHandle:
         for fd in (to_child_w, from_child_w):
             enlarge_pipe(fd)
         skip_fd = os.memfd_create("colocate-take-back")
-        os.ftruncate(skip_fd, SKIP.size)
-        self.skip = mmap.mmap(skip_fd, SKIP.size)
+        os.ftruncate(skip_fd, SHARED_SIZE)
+        self.skip = mmap.mmap(skip_fd, SHARED_SIZE)
         self.batches = 0
+        self.notes = []
+        self.fds, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "colocate.child", str(to_child_r), str(from_child_w),
-             json.dumps(self.settings), str(skip_fd)],
-            pass_fds=(to_child_r, from_child_w, skip_fd),
+             json.dumps(self.settings), str(skip_fd), str(theirs.fileno())],
+            pass_fds=(to_child_r, from_child_w, skip_fd, theirs.fileno()),
             env=child_environment({**(self.settings.get("env") or {}), **self.env}),
             stdin=subprocess.DEVNULL)
         os.close(to_child_r)
         os.close(from_child_w)
         os.close(skip_fd)
+        theirs.close()
         self.to_child, self.from_child = to_child_w, from_child_r
         os.set_blocking(to_child_w, False)
         os.set_blocking(from_child_r, False)
@@ -145,9 +153,14 @@ class ChildHandle:
             pass
         code = proc.wait(timeout=10)
         self.outbox.clear()
+        # The direct path's slot as the child left it (the worker answers for what ran).
+        self.last_slot = read_slot(self.skip) if self.skip is not None else None
         if self.skip is not None:
             self.skip.close()
             self.skip = None
+        if self.fds is not None:
+            self.fds.close()
+            self.fds = None
         for fd in (self.to_child, self.from_child):
             try:
                 os.close(fd)
@@ -182,6 +195,23 @@ class ChildHandle:
         self.outbox.append(memoryview(frame(items)))
         self.batches += 1
         self.flush()
+
+    def hand(self, lease: int, sock: socket.socket, timeout: float | None, where: tuple,
+             fns: dict[bytes, bytes]) -> None:
+        """Give the child a leased client's connection (we keep our descriptor, unread)."""
+        pass_fd(self.fds, sock.fileno())
+        self.outbox.append(memoryview(frame({"hand": lease, "timeout": timeout,
+                                             "where": list(where), "fns": fns})))
+        self.flush()
+
+    def end(self, lease: int) -> None:
+        """Ask the child to let go of a lease's connection; it notes ``("ended", lease)``."""
+        self.outbox.append(memoryview(frame({"end": lease})))
+        self.flush()
+
+    def slot(self) -> tuple:
+        """The direct path's slot (:data:`colocate.child.direct.SLOT`), read consistently."""
+        return read_slot(self.skip)
 
     def take_back(self) -> int:
         """Have the child skip all work sent so far that it has not started; returns how much.
@@ -250,6 +280,10 @@ class ChildHandle:
             frames, closed = self.reader.drain()
         except OSError:
             frames, closed = [], True
+        notes = [f for f in frames if type(f[0]) is str]
+        if notes:
+            self.notes += notes
+            frames = [f for f in frames if type(f[0]) is not str]
         outcomes = [Outcome._make(f) for f in frames]   # the status stays a plain int
         died = self._death() if closed else None
         for out in outcomes:

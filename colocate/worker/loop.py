@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from colocate.child import run_work
+from colocate.child.direct import RUNNING
 from colocate.store import CONTEXT_ENV, Context, check_transport, set_context, world_id
 from colocate.store.server import StoreServer
 from colocate.wire import mpi
@@ -107,6 +108,7 @@ class Worker:
         self.running = True
         self.conf: Confinement | None = None
         self.paused_at: float | None = None
+        self.credit: tuple[tuple, float] = ((), 0.0)   # paused seconds of the direct task
         self.widened: int | None = None   # gid of the multi-core task holding lent cores
         self.store: StoreServer | None = None
         self.desk: LeaseDesk | None = None
@@ -142,11 +144,14 @@ class Worker:
                 "cores": list(self.place["cores"]) if co["pinning"] else None,
                 "priority": co["priority"],
                 "threads": len(self.place["cores"]),
+                "hot": self.cfg["executor"]["hot"],
             }
             self.child = ChildHandle(settings, self.conf.group,
                                          env={CONTEXT_ENV: ctx.to_env()})
             self.conf.child_pid = lambda: self.child.pid
             self.child.start()
+            self.desk.child = self.child            # the direct path (colocate.child.direct)
+            self.desk.take_kept = self.store.take_kept
             self.place["detail"]["sandbox"] = self.child.sandbox
             self.place["detail"].update(self.conf.describe())
         self._send(WorkerHello(self.rank, self.place["node"], tuple(self.place["cores"]),
@@ -237,9 +242,11 @@ class Worker:
             if child.from_child in ready or (
                     gathering and time.monotonic() >= self.unsent_since + COALESCE_WAIT):
                 outcomes, died = child.collect()
+                self._notes()
                 if died is not None:
                     log.warning("rank %d: %s; starting a new executor", self.rank, died)
                     outcomes += child.fail_held(died)
+                    self._direct_lost(died.status, died.payload)
                 self._narrow(outcomes)
                 self._report(outcomes, flush=died is not None or not child.busy)
                 self.backoff.active()
@@ -248,6 +255,7 @@ class Worker:
                 log.warning("rank %d: task exceeded its %g s timeout; killing executor %s",
                             self.rank, timeout, child.pid)
                 outcomes = child.cut_off(Status.TIMEOUT, dumps(timeout))
+                self._direct_lost(Status.TIMEOUT, dumps(timeout))
                 self._narrow(outcomes)
                 self._report(outcomes, flush=True)
             if self.bell in ready:
@@ -256,19 +264,72 @@ class Worker:
         else:
             self._report([], flush=True)
             delay = min(self.backoff.delay(now), guard_due)
+            # The direct path: the child holds a leased connection. Watch its pipe (notes,
+            # death) and the running task's deadline; nothing here wakes per task.
+            direct = child is not None and desk.handed()
+            deadline = self._direct_deadline() if direct else None
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - now))
             if delay == 0.0 and not desk.conns:   # hot, and no leased client to listen to
                 os.sched_yield()
             else:
-                ready, writable, _ = select.select([self.bell, *desk.readers()],
-                                                   desk.writers(), [], delay)
+                readers = [self.bell, *desk.readers()]
+                writers = desk.writers()
+                if direct:
+                    readers.append(child.from_child)
+                if child is not None and child.writing:
+                    writers.append(child.to_child)
+                ready, writable, _ = select.select(readers, writers, [], delay)
                 if delay == 0.0 and not ready:
                     os.sched_yield()
+                if child is not None and child.to_child in writable:
+                    child.flush()
+                if direct and child.from_child in ready:
+                    outcomes, died = child.collect()
+                    self._notes()
+                    if died is not None:
+                        log.warning("rank %d: %s; starting a new executor", self.rank, died)
+                        outcomes += child.fail_held(died)
+                        self._direct_lost(died.status, died.payload)
+                    self._report(outcomes, flush=True)
+                elif deadline is not None and time.monotonic() >= deadline:
+                    self._direct_timeout()
                 self._leased(ready, writable)
                 if self.bell in ready:
                     self._check_bell()
         if time.monotonic() - self.last_sent > self.heartbeat:
             self._send(Heartbeat(*self.desk.tally()))
             self.store.trim()
+
+    # ----- the direct path (colocate.child.direct) ------------------------------------------------
+    def _notes(self) -> None:
+        """Hand the child's notes on leased connections to the desk."""
+        if self.child.notes:
+            notes, self.child.notes = self.child.notes, []
+            self.desk.noted(notes)
+
+    def _direct_lost(self, status: Status, payload: bytes) -> None:
+        """The child died or was killed (and restarted): answer for its direct task, go on."""
+        self.desk.child_died(status, payload)
+        self.desk.rehand()
+
+    def _direct_deadline(self) -> float | None:
+        """When the child's direct task times out (paused time not counted), if it can."""
+        if self.paused_at is not None:
+            return None
+        st, lease, cid, started, timeout = self.child.slot()[:5]
+        if st != RUNNING or timeout < 0:
+            return None
+        key, credit = self.credit
+        return started + timeout + (credit if key == (lease, cid, started) else 0.0)
+
+    def _direct_timeout(self) -> None:
+        timeout = self.child.slot()[4]
+        log.warning("rank %d: a leased task exceeded its %g s timeout; killing executor %s",
+                    self.rank, timeout, self.child.pid)
+        outcomes = self.child.cut_off(Status.TIMEOUT, dumps(timeout))
+        self._direct_lost(Status.TIMEOUT, dumps(timeout))
+        self._report(outcomes, flush=True)
 
     def _catch_up(self) -> None:
         """Handle every message rank 0 has sent so far."""
@@ -319,8 +380,11 @@ class Worker:
         elif kind is EndLease:
             self.desk.end(msg.lease)
         elif kind is KillRunning:
-            if self.child is not None and self.child.busy:
-                outcomes = self.child.cut_off(Status(msg.status), dumps("cut off by the drain"))
+            child = self.child
+            if child is not None and (child.busy or (
+                    self.desk.handed() and child.slot()[0] == RUNNING)):
+                outcomes = child.cut_off(Status(msg.status), dumps("cut off by the drain"))
+                self._direct_lost(Status(msg.status), dumps("cut off by the drain"))
                 self._narrow(outcomes)
                 self._report(outcomes, flush=True)
         elif kind is TakeBack:   # (inline: nothing waits, each task ran as it came)
@@ -411,6 +475,12 @@ class Worker:
             if self.child is not None and self.child.held:
                 work, since = self.child.held[0]
                 self.child.held[0] = (work, since + (now - self.paused_at))
+            if self.child is not None and self.child.skip is not None:
+                st, lease, cid, started = self.child.slot()[:4]
+                if st == RUNNING:   # the direct task's clock stops too
+                    key, credit = self.credit
+                    credit = credit if key == (lease, cid, started) else 0.0
+                    self.credit = ((lease, cid, started), credit + now - self.paused_at)
             self.paused_at = None
         self._send(PauseCores(paused))
 
