@@ -17,9 +17,9 @@ that worker's task port; a lone task that needs nothing but a core then goes the
 skipping rank 0 (:mod:`colocate.worker.lease`). When the lease is over (``LeaseOver``), tasks sent
 there without a result never ran, and go to rank 0.
 
-Object store: puts and the registry of the refs this client owns are in
-:mod:`colocate.store.clientside`; the connection thread sends what they queue (``FreeRefs``,
-``UsedAhead``). How a failed task becomes its future's exception: :mod:`colocate.client.outcomes`.
+Object store: puts and the registry of the refs this client owns are the connection's
+``store``, a :class:`colocate.store.clientside.StoreClient`; the connection thread sends what it
+queues (``FreeRefs``, ``UsedAhead``). How a failed task becomes its future's exception: :mod:`colocate.client.outcomes`.
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ from colocate.errors import (
     ServerUnavailable,
 )
 from colocate.store.clientside import StoreClient
-from colocate.store.datalink import send_commit
-from colocate.store.putahead import PutAhead
 from colocate.wire import address as addr
 from colocate.wire.bell import ring_up
 from colocate.wire.messages import (
@@ -161,7 +159,7 @@ class _LeaseLink:
         self.sent: dict[int, tuple[TaskMsg, bytes]] = {}   # id -> (task, its function's bytes)
 
 
-class Connection(StoreClient):
+class Connection:
     """One client connection to a server: the socket stream and the thread that owns it.
 
     Args:
@@ -222,15 +220,10 @@ class Connection(StoreClient):
         self.world = store.world_id(address.token)
         from colocate.store.datalink import register_locator, register_world
         register_world(self.world, address.token, transport)
-        locate = weakref.WeakMethod(self.locate)   # (the registry keeps no connection alive)
+        self.store = StoreClient(self.world, self.request, self._wake,
+                                 lambda: self.broken is None and not self.closing)
+        locate = weakref.WeakMethod(self.store.locate)   # (the registry keeps nothing alive)
         register_locator(self.world, lambda oid: None if (m := locate()) is None else m(oid))
-        self.refs: dict[int, weakref.ref] = {}   # objects this client owns: id -> live Ref
-        self.refs_lock = threading.Lock()
-        self.to_free: deque[int] = deque()        # appended by finalizers: no lock taken there
-        self.used_ahead: deque[int] = deque()     # spares filled by puts, not yet told
-        self.req_ids = itertools.count()
-        self.ahead = PutAhead(self._reserve_ahead, self.release,
-                              lambda res, meta: send_commit(res, meta, wait=False))
         self.thread = threading.Thread(target=self._run, name="colocate-connection", daemon=True)
         self.thread.start()
 
@@ -431,7 +424,7 @@ class Connection(StoreClient):
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Say goodbye (after in-flight tasks finish if ``wait``) and stop the thread."""
-        self.ahead.close()
+        self.store.ahead.close()
         with self.lock:
             self.closing = True
         self._wake()
@@ -500,7 +493,7 @@ class Connection(StoreClient):
     def _wait(self) -> None:
         """Sleep until the server sends something, the caller queues work, or output drains."""
         with self.lock:
-            if self.control or self.to_free or (
+            if self.control or self.store.to_free or (
                     self.outbox and len(self.inflight) < self.max_inflight):
                 return
             self.sleeping = True
@@ -556,10 +549,10 @@ class Connection(StoreClient):
                 self.inflight[msg.id] = fut
                 batch.append(msg)
                 room -= 1
-        freed = _drain(self.to_free)
+        freed = _drain(self.store.to_free)
         if freed:   # first: they make room for the puts that may follow
             control.insert(0, FreeRefs(freed))
-        used = _drain(self.used_ahead)
+        used = _drain(self.store.used_ahead)
         if used:
             control.insert(0, UsedAhead(used))
         with self.send_lock:
@@ -690,7 +683,7 @@ class Connection(StoreClient):
             if res.status != Status.OK:
                 fut.set_exception(task_error(fut._label, res, self.address.size))
                 return
-            with store.adopting(self):
+            with store.adopting(self.store):
                 value = loads(res.payload)
         except BaseException as e:   # noqa: BLE001 - even SystemExit must fail only this future
             fut.set_exception(SerializationError(

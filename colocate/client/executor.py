@@ -267,7 +267,7 @@ class Executor(cf.Executor):
         """
         if self._shutdown:
             raise RuntimeError("cannot put after shutdown")
-        return self._conn.put(obj, node)
+        return self._conn.store.put(obj, node)
 
     def get(self, ref: store.Ref, out: Any = None) -> Any:
         """Fetch a stored object; the same as ``ref.get(out)``.
@@ -290,7 +290,7 @@ class Executor(cf.Executor):
         """
         if not isinstance(ref, store.Ref):
             raise TypeError(f"free() expects a Ref, found {type(ref).__name__}")
-        self._conn.free(ref)
+        self._conn.store.free(ref)
 
     def cancel_pending(self) -> None:
         """Take back this executor's tasks that have not started; running ones go on.

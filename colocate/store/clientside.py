@@ -1,18 +1,27 @@
 """The client's side of the object store: puts, and the registry of the refs this client owns.
 
-Part of :class:`colocate.client.connection.Connection` (a mixin: it uses the connection's
-``request``, ``_wake``, ``world``, ``ahead``, ``refs``/``refs_lock``, ``to_free``,
-``used_ahead`` and ``req_ids``). ``put`` asks rank 0 where an object goes (``PutRequest``,
-answered by a ``PutReply``), then sends the data to that worker's data port itself
-(:mod:`colocate.store.datalink`); on the worker's machine it is copied into a segment reserved ahead
-(:mod:`colocate.store.putahead`). When the last ``Ref`` of an object this client owns is gone, the
-connection thread tells rank 0 (``FreeRefs``). A read whose holder fails it asks rank 0 where
-the object is now, or why it is gone (``WhereIs``, answered by an ``ObjectWhere``).
+Runs in the client process. A :class:`colocate.client.connection.Connection` holds one
+:class:`StoreClient` (``conn.store``); what the store client needs of the connection is narrow and
+passed in: ``request`` (a round trip to rank 0), ``wake`` (the connection thread has something to
+send), ``usable`` (may a request still be made) and the world's id. What the connection thread
+needs of it: ``to_free`` and ``used_ahead`` (sent as ``FreeRefs`` and ``UsedAhead``), ``ahead``
+(closed with the connection) and ``adopt_ref`` (results' refs become owned).
+
+``put`` asks rank 0 where an object goes (``PutRequest``, answered by a ``PutReply``), then sends
+the data to that worker's data port itself (:mod:`colocate.store.datalink`); on the worker's
+machine it is copied into a segment reserved ahead (:mod:`colocate.store.putahead`). When the
+last ``Ref`` of an object this client owns is gone, the connection thread tells rank 0
+(``FreeRefs``). A read whose holder fails it asks rank 0 where the object is now, or why it is
+gone (``WhereIs``, answered by an ``ObjectWhere``).
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import weakref
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from colocate import store
@@ -22,7 +31,32 @@ from colocate.wire.messages import ObjectWhere, PutReply, PutRequest, WhereIs
 
 
 class StoreClient:
-    """Stored objects, as seen from a client connection (see the module docstring)."""
+    """Stored objects, as seen from a client connection (see the module docstring).
+
+    Args:
+        world: the world's id (:func:`colocate.store.world_id`).
+        request: ``request(msg, reply_type, match=..., timeout=...)``, a round trip to rank 0
+            that raises :class:`BrokenWorld` when the world is gone.
+        wake: tell the connection thread that ``to_free`` or ``used_ahead`` has something.
+        usable: whether a request may still be made (the connection is neither broken nor
+            closing).
+    """
+
+    def __init__(self, world: str, request: Callable[..., Any], wake: Callable[[], None],
+                 usable: Callable[[], bool]) -> None:
+        from colocate.store.datalink import send_commit
+        from colocate.store.putahead import PutAhead
+        self.world = world
+        self.request = request
+        self._wake = wake
+        self._usable = usable
+        self.req_ids = itertools.count()
+        self.refs: dict[int, weakref.ref] = {}   # objects this client owns: id -> live Ref
+        self.refs_lock = threading.Lock()
+        self.to_free: deque[int] = deque()       # appended by finalizers: no lock taken there
+        self.used_ahead: deque[int] = deque()    # spares filled by puts, not yet told
+        self.ahead = PutAhead(self._reserve_ahead, self.release,
+                              lambda res, meta: send_commit(res, meta, wait=False))
 
     def put(self, obj: Any, node: str | None) -> store.Ref:
         """Store ``obj`` on a worker (see :meth:`Executor.put`).
@@ -108,7 +142,7 @@ class StoreClient:
         Only after its holder failed a read (:func:`colocate.store.datalink.fetch`): never on the
         common path.
         """
-        if self.broken is not None or self.closing:
+        if not self._usable():
             return None
         req = next(self.req_ids)
         try:

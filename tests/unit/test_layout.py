@@ -83,3 +83,34 @@ def test_no_class_name_is_defined_twice():
                 where.setdefault(node.name, []).append(n)
     twice = {k: where[k] for k, c in names.items() if c > 1}
     assert not twice, f"class names defined in several modules: {twice}"
+
+
+
+# Where a class of colocate may inherit from another class of colocate, besides exceptions: a
+# real kind of its base, never a mixin that works on the subclass's state.
+KINDS = {("LazyArray", "StoredResult")}
+
+
+def test_no_class_is_built_from_mixins():
+    """A file is split by objects that are held, not by mixins working on another class's state
+    (``Scheduler(StoreBook, Placing)`` or ``Connection(StoreClient)``, as they were)."""
+    import builtins
+    bases: dict[str, list[str]] = {}
+    where: dict[str, str] = {}
+    for n, tree in modules().items():
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                # (a base named through a module, as cf.Future, is not colocate's)
+                bases[node.name] = [b.id if isinstance(b, ast.Name) else ast.unparse(b)
+                                    for b in node.bases]
+                where[node.name] = n
+
+    def is_exception(name: str) -> bool:
+        if name in bases:
+            return any(is_exception(b) for b in bases[name])
+        return isinstance(getattr(builtins, name, None), type) and issubclass(
+            getattr(builtins, name), BaseException) or name in {"BrokenExecutor"}
+
+    mixed = [f"{where[c]}.{c}({b})" for c, bs in bases.items() for b in bs
+             if b in bases and not is_exception(b) and (c, b) not in KINDS]
+    assert not mixed, f"classes that inherit from colocate classes: {mixed}"
