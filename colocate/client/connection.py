@@ -19,7 +19,8 @@ there without a result never ran, and go to rank 0.
 
 Object store: puts and the registry of the refs this client owns are the connection's
 ``store``, a :class:`colocate.store.clientside.StoreClient`; the connection thread sends what it
-queues (``FreeRefs``, ``UsedAhead``). How a failed task becomes its future's exception: :mod:`colocate.client.outcomes`.
+queues (``FreeRefs``, ``UsedAhead``). How a failed task becomes its future's exception:
+:mod:`colocate.client.outcomes`.
 """
 
 from __future__ import annotations

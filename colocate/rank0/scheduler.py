@@ -25,20 +25,17 @@ holds most of their bytes. Placement looks workers up in indexes kept as events 
 (``_index``, a :class:`colocate.rank0.placement.Placement` it holds, which also places the tasks
 that run alone), never by a scan of every worker: a decision costs O(log W).
 
-Who owns what: the scheduler owns the workers, tasks, queues, functions, run times, GPUs, leases
-and each node's budget and reservations; it tells the placement indexes of every change that
+Who owns what: the scheduler owns the workers, tasks, queues, functions, run times, GPUs and
+each node's budget and reservations; it tells the placement indexes of every change that
 matters to them, and they answer where a task goes. The books own the store's records and read
 the workers, clients, budgets and reservations; their event methods return the instruction to
 send, and the objects to discard collect in ``books.drops``, which the scheduler sends after
-each event.
+each event. The lease records own who leases which worker and who is earning a lease, and write
+only the workers' lease fields; they too return the instruction to send.
 
-Leases: a client that sends one task at a time, alone in the world, gets a worker slot of its own
-after :data:`LEASE_AFTER` such tasks; its lone tasks then go straight to that worker and back
-(:mod:`colocate.worker.lease`), and the scheduler only counts the slot as taken. The lease ends (the
-worker finishes what runs and says so) as soon as anything else waits for a slot, the worker is
-paused, the client leaves, or the server drains. A client whose lease had to give way waits for
-twice as many lone tasks before the next one (up to :data:`LEASE_AFTER_MAX`), so clients that
-take turns on too few workers stop trading leases back and forth.
+Leases (a client that sends one task at a time, alone in the world, gets a worker slot of its
+own) are decided by ``leases``, a :class:`colocate.rank0.leases.Leases` it holds: the scheduler
+tells it of submissions, pauses, departures and the drain, and sends what it answers.
 
 Its events and instructions are defined in :mod:`colocate.rank0.events` and re-exported here.
 """
@@ -83,6 +80,7 @@ from colocate.rank0.events import (  # noqa: F401  (the server reads them as sch
     WorkerLeaving,
     WorkerPaused,
 )
+from colocate.rank0.leases import Leases
 from colocate.rank0.objects import StoreBook, _Object
 from colocate.rank0.placement import Placement
 from colocate.rank0.records import TaskRecord, WorkerRecord
@@ -95,13 +93,10 @@ from colocate.wire.messages import (
     TaskMsg,
     Work,
     dumps,
-    leasable,
 )
 
 EWMA = 0.2   # weight of the newest run time in a function's average
 AHEAD_SECONDS = 0.02   # a worker holds at most about this much of a short function's work
-LEASE_AFTER = 2        # lone tasks in a row after which a client gets a lease ...
-LEASE_AFTER_MAX = 1024  # ... doubled, up to this, each time its lease gives way to other work
 
 _OK, _RAISED, _REQUEUE = Status.OK, Status.RAISED, Status.REQUEUE
 _new = tuple.__new__   # (builds a NamedTuple without the Python frame of its __new__)
@@ -144,17 +139,12 @@ class Scheduler:
         self._out: list[Instruction] = []
         self._deliveries: dict[int, list[ResultMsg]] = {}
         self._returning: list[TaskRecord] = []
-        self.leases = leases
-        self.leased: dict[int, int] = {}   # client -> rank of its lease
-        self.lone: dict[int, int] = {}     # client -> lone tasks in a row
-        self.lease_after: dict[int, int] = {}   # client -> lone tasks it needs for a lease
-        self._lease_for: TaskRecord | None = None
-        self._next_lease = 1
         room_changed: set[str] = set()   # (nodes whose free memory may have changed)
         self.books = StoreBook(self.workers, self.queues, self.node_budget, self.node_reserved,
                                room_changed)
         self._drops = self.books.drops   # (the same dict: read after every event, cleared)
         self._index = Placement(self.books.room, self.gpus_free, room_changed)
+        self.leases = Leases(leases, self.workers, self._index, default_timeout)
         self._limits: tuple[int, int, int] | None = None   # most cores, GPUs, budget of a node
         self._handlers: dict[type, object] = {}   # event type -> its _on_ method
 
@@ -176,8 +166,10 @@ class Scheduler:
             self._returning = []
         if self.turn:
             self._dispatch()
-        if self._lease_for is not None:
-            self._grant_lease()
+        if self.leases.due is not None:
+            said = self.leases.grant(waiting=bool(self.turn))
+            if said is not None:
+                self._out.append(said)
         if self._drops:
             for rank, ids in self._drops.items():
                 self._out.append(DiscardObjects(rank, ids))
@@ -206,11 +198,9 @@ class Scheduler:
         self.queues.setdefault(ev.client, deque())
 
     def _on_ClientLeft(self, ev: ClientLeft) -> None:
-        self.lone.pop(ev.client, None)
-        self.lease_after.pop(ev.client, None)
-        rank = self.leased.get(ev.client)
-        if rank is not None:
-            self._end_lease(self.workers[rank])
+        said = self.leases.client_left(ev.client)
+        if said is not None:
+            self._out.append(said)
         self.books.client_left(ev.client)
         for task in self.queues.pop(ev.client, ()):
             del self.tasks[task.gid]
@@ -225,9 +215,8 @@ class Scheduler:
         if queue is None:
             return
         was_empty = not queue
-        lone = (self.leases and len(ev.tasks) == 1 and not self.tasks
-                and ev.client not in self.leased and leasable(ev.tasks[0]))
-        self.lone[ev.client] = self.lone.get(ev.client, 0) + 1 if lone else 0
+        leases = self.leases
+        lone = leases.submitted(ev.client, ev.tasks, busy=bool(self.tasks))
         for msg in ev.tasks:
             if msg.fn_bytes is not None:
                 self.fns.setdefault(msg.fn_hash, msg.fn_bytes)
@@ -243,8 +232,8 @@ class Scheduler:
             self._next_gid += 1
             self.tasks[task.gid] = task
             queue.append(task)
-            if lone and self.lone[ev.client] >= self.lease_after.get(ev.client, LEASE_AFTER):
-                self._lease_for = task
+            if lone and leases.earned(ev.client):
+                leases.due = task
         if was_empty and queue:
             self.turn.append(ev.client)
 
@@ -354,8 +343,7 @@ class Scheduler:
         self._out.append(ForgetWorker(ev.rank, ev.reason))
         self._index.leave(worker)
         self._limits = None
-        if worker.lease:   # (its client sees the connection close and fails what it sent)
-            self.leased.pop(worker.lease_client, None)
+        self.leases.worker_lost(worker)
         self.books.lose(ev.rank, ev.reason)
         self._index.room_changed.add(worker.node)
         served = self.tasks.get(worker.lent_to) if worker.lent_to is not None else None
@@ -447,22 +435,12 @@ class Scheduler:
         """Why a task naming ``refs`` cannot run: :meth:`StoreBook.lost_argument`."""
         return self.books.lost_argument(refs)
 
-    # ----- leases --------------------------------------------------------------------------------
+    # ----- leases: the lease records decide, the scheduler sends -------------------------------
     def _on_LeaseClosed(self, ev: LeaseClosed) -> None:
-        worker = self.workers.get(ev.rank)
-        if worker is None or worker.lease != ev.lease:
-            return
-        client = worker.lease_client
-        self.leased.pop(client, None)
-        self.lone.pop(client, None)
-        if worker.lease_wanted and client in self.queues:
-            self.lease_after[client] = min(2 * self.lease_after.get(client, LEASE_AFTER),
-                                           LEASE_AFTER_MAX)
-        worker.done += ev.done
-        worker.failed += ev.failed
-        worker.lease, worker.lease_client = 0, None
-        worker.lease_ending = worker.lease_wanted = False
-        self._index.refile(worker)
+        worker = self.leases.closed(ev, self.queues)
+        if worker is not None:
+            worker.done += ev.done
+            worker.failed += ev.failed
 
     def _on_DirectReported(self, ev: DirectReported) -> None:
         worker = self.workers.get(ev.rank)
@@ -474,27 +452,11 @@ class Scheduler:
         if known:
             self._deliver(ev.client, ev.result)
 
-    def _grant_lease(self) -> None:
-        """Lease the worker that got a client's latest lone task to that client, if it is free."""
-        task, self._lease_for = self._lease_for, None
-        if task is None or task.rank is None or task.client is None or self.turn:
-            return
-        worker = self.workers[task.rank]
-        if not worker.leases or worker.lease or len(worker.assigned) != 1:
-            return
-        worker.lease, worker.lease_client = self._next_lease, task.client
-        self._next_lease += 1
-        self._index.refile(worker)
-        self.leased[task.client] = worker.rank
-        self._out.append(GrantLease(task.client, worker.rank, worker.lease,
-                                    self.default_timeout))
-
     def _end_lease(self, worker: WorkerRecord, wanted: bool = False) -> None:
         """Ask the worker to end its lease; ``wanted``: because other work waits for the slot."""
-        if worker.lease and not worker.lease_ending:
-            worker.lease_ending = True
-            worker.lease_wanted = wanted
-            self._out.append(CloseLease(worker.rank, worker.lease))
+        said = self.leases.end(worker, wanted)
+        if said is not None:
+            self._out.append(said)
 
     # ----- placement -----------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -562,10 +524,8 @@ class Scheduler:
                 batch.append(work)
         for rank, work in batches.items():
             self._out.append(SendWork(rank, work))
-        if self.turn and self.leased:   # something waits: leased slots come back
-            for worker in sorted((self.workers[r] for r in self.leased.values()),
-                                 key=lambda w: w.seq):
-                self._end_lease(worker, wanted=True)
+        if self.turn and self.leases.held:   # something waits: leased slots come back
+            self._out += self.leases.give_way()
 
     def _take(self, task: TaskRecord, worker: WorkerRecord, helpers: list[WorkerRecord],
               gpus: list[str]) -> None:
@@ -706,7 +666,7 @@ class Scheduler:
             "workers": workers, "lost": dict(self.lost), "queued": self.queued(),
             "running": sum(1 for w in self.workers.values() if w.assigned),
             "clients": len(self.queues), "retried": self.retried, "draining": self.draining,
-            "leases": len(self.leased),
+            "leases": len(self.leases.held),
             "node_budget": dict(self.node_budget), "node_reserved": dict(self.node_reserved),
             "store": {"objects": sum(p["objects"] for p in per_node.values()),
                       "bytes": sum(p["bytes"] for p in per_node.values()),

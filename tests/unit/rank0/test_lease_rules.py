@@ -6,6 +6,7 @@ The worker's task port, over real sockets, is tested in tests/integration/test_l
 import pytest
 
 from colocate.rank0 import scheduler as S
+from colocate.rank0.leases import LEASE_AFTER
 from colocate.wire.messages import (
     Outcome,
     ResultMsg,
@@ -166,8 +167,8 @@ def test_a_lease_that_gave_way_doubles_the_lone_tasks_needed_for_the_next():
         if grants[-1]:
             break
     assert grants == [False, False, False, True]
-    assert S.LEASE_AFTER == 2 and s.lease_after[7] == 4
+    assert LEASE_AFTER == 2 and s.leases.after[7] == 4
     # a lease that ends for another reason (a pause) does not raise it
     s.handle(S.WorkerPaused(1, True))
     s.handle(S.LeaseClosed(1, 2))
-    assert s.lease_after[7] == 4
+    assert s.leases.after[7] == 4

@@ -50,7 +50,7 @@ class Reference(S.Scheduler):
 
     def __init__(self, **kw):
         super().__init__(**kw)
-        self._index = _NoIndex()
+        self._index = self.leases.index = _NoIndex()
 
     def _cannot_run(self, msg):
         if msg.fn_hash not in self.fns:
@@ -122,7 +122,7 @@ class Reference(S.Scheduler):
                      task.cores, task.gpus))
         for rank, work in batches.items():
             self._out.append(SendWork(rank, work))
-        if self.turn and self.leased:   # something waits: leased slots come back
+        if self.turn and self.leases.held:   # something waits: leased slots come back
             for worker in self.workers.values():
                 self._end_lease(worker, wanted=True)
 
