@@ -108,7 +108,7 @@ def test_executor_error_exits_3_with_resume_hint(batch):
     from colocate.errors import ServerUnavailable
 
     def factory(n):
-        raise ServerUnavailable("no server at colocate.wire.address")
+        raise ServerUnavailable("no server at colocate.address")
 
     err = io.StringIO()
     assert cmd_run(batch("[1]"), factory, stream=err) == 3

@@ -4,7 +4,7 @@ from colocate.wire.address import Address, unreachable_hint
 
 
 def _addr(host, server_host="vnode2"):
-    return Address(host, 4242, "t" * 64, 77, server_host, 3, "/w/colocate.wire.address")
+    return Address(host, 4242, "t" * 64, 77, server_host, 3, "/w/colocate.address")
 
 
 def test_a_one_node_world_seen_from_another_node_says_so_and_what_to_set():
