@@ -10,6 +10,7 @@ machine.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import statistics
@@ -77,6 +78,13 @@ def machine() -> dict:
             "mpich": version("mpich"), "cloudpickle": version("cloudpickle"),
             "psutil": version("psutil"), "colocate_git": git, "hostname": platform.node(),
             "loadavg": list(os.getloadavg())}
+
+
+def write_json(path: Path, result: dict, indent: int = 2) -> None:
+    """Write a bench's result (its folder made if need be) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=indent, default=str) + "\n")
+    print(f"json: {path}")
 
 
 def median_of(values: list) -> object:

@@ -46,7 +46,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _world import machine  # noqa: E402
+from _world import machine, write_json  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # executors cannot import this
 
@@ -287,9 +287,7 @@ def main() -> int:
                     "(tests/cluster/up.sh), veth pairs and a bridge",
             "command": "python bench/cluster.py" + (" --quick" if args.quick else ""),
             "raw_mpi": raw, "colocate": co}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(data, indent=1))
-    print(f"wrote {args.json}")
+    write_json(args.json, data, indent=1)
     return 0
 
 

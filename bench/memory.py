@@ -24,7 +24,6 @@ error. Results: a table on stdout, JSON in ``bench/results/memory.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _world import START_TIMEOUT, bench_world, machine, rss  # noqa: E402
+from _world import START_TIMEOUT, bench_world, machine, rss, write_json  # noqa: E402
 
 from colocate.testing import wait_for_file, wait_until  # noqa: E402
 
@@ -184,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"bench": "memory", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "elapsed_s": time.monotonic() - t0,
               "machine": machine(), "per_task": rows, "bound": b}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"json: {args.json}")
+    write_json(args.json, result)
     return 0
 
 

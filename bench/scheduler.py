@@ -43,7 +43,6 @@ in ``bench/results/scheduler.json`` (the medians, and every round under ``rounds
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -52,7 +51,7 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _world import machine  # noqa: E402
+from _world import machine, write_json  # noqa: E402
 
 from colocate.rank0 import scheduler as S  # noqa: E402
 from colocate.wire.messages import Outcome, Status, TaskMsg, TaskOptions  # noqa: E402
@@ -364,9 +363,7 @@ def main(argv: list[str] | None = None) -> int:
               "verdict": [{"target": n, "result": "PASS" if ok else "MISS", "detail": d}
                           for n, ok, d in checks],
               "rounds": rounds}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"json: {args.json}")
+    write_json(args.json, result)
     return 0
 
 

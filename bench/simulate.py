@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import pickle
 import sys
 import time
@@ -52,7 +51,7 @@ from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _world import machine  # noqa: E402
+from _world import machine, write_json  # noqa: E402
 
 from colocate.rank0 import scheduler as S  # noqa: E402
 from colocate.wire.messages import (  # noqa: E402
@@ -429,9 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          "worker_us", "slack", "min_batch",
                                                          "flush_us")},
               "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"json: {args.json}")
+    write_json(args.json, result)
     return 0
 
 

@@ -45,7 +45,6 @@ import argparse
 import collections
 import concurrent.futures as cf
 import datetime
-import json
 import os
 import random
 import shutil
@@ -61,7 +60,7 @@ import cloudpickle
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _world import START_TIMEOUT, bench_world, machine, rss  # noqa: E402
+from _world import START_TIMEOUT, bench_world, machine, rss, write_json  # noqa: E402
 
 from colocate.testing import crash as crash_now  # noqa: E402
 from colocate.testing import tagged_processes as tagged  # noqa: E402
@@ -717,9 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     print(table(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1, default=str))
-    print(f"json: {args.json}")
+    write_json(args.json, result, indent=1)
     return 0 if result["ok"] else 1
 
 

@@ -44,7 +44,14 @@ import cloudpickle
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _world import START_TIMEOUT, bench_world, clean_env, machine, median_of  # noqa: E402
+from _world import (  # noqa: E402
+    START_TIMEOUT,
+    bench_world,
+    clean_env,
+    machine,
+    median_of,
+    write_json,
+)
 
 from colocate.testing import kill_tagged, wait_gone  # noqa: E402
 
@@ -293,9 +300,8 @@ def main() -> int:
               "by_reference": feed, "table": text,
               "verdict": {"result": verdict, "target": TARGET, "worst": worst},
               "world_exit_code": code, "leftover_processes": [p.pid for p in left]}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.json} ({result['seconds']:.0f} s)")
+    write_json(args.json, result, indent=1)
+    print(f"({result['seconds']:.0f} s)")
     return 0
 
 
