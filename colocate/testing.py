@@ -16,6 +16,7 @@ sends them by reference.
 
 from __future__ import annotations
 
+import operator
 import os
 import signal
 import subprocess
@@ -208,6 +209,24 @@ def connection_of(executor: Any) -> Any:
     client. Tests that only need the engine's thread use the public ``Executor.thread``.
     """
     return executor._conn
+
+
+def lease_of(executor: Any) -> dict | None:
+    """The lease the client holds, ``{"id", "rank"}`` (from ``status()``), or ``None``."""
+    return executor.status()["client"]["lease"]
+
+
+def take_lease(executor: Any, required: bool = True, timeout: float = 60.0) -> dict | None:
+    """Lone tasks until the client holds a lease (the second lone task earns it): the lease.
+
+    ``required``: fail (AssertionError) when the client holds none after three; else ``None``.
+    """
+    for i in range(3):
+        got = executor.submit(operator.add, i, 1).result(timeout=timeout)
+        assert got == i + 1, f"a lone task {i} + 1 came back as {got!r}"
+    lease = lease_of(executor)
+    assert lease is not None or not required, "a client sending lone tasks gets a lease"
+    return lease
 
 
 def new_tag(name: str) -> str:

@@ -20,7 +20,7 @@ import pytest
 
 import colocate
 from colocate import Executor, TaskTimeout, WorkerCrashed
-from colocate.testing import crash, tagged_processes
+from colocate.testing import crash, lease_of, tagged_processes, take_lease
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -46,18 +46,6 @@ def mark(path, token, seconds=0.0):
 
 def keep_ones(n):
     return colocate.keep(np.ones(n))
-
-
-def lease_of(ex):
-    return ex.status()["client"]["lease"]
-
-
-def take_lease(ex):
-    for i in range(3):
-        assert ex.submit(add, i, 1).result(timeout=BOUND) == i + 1
-    link = lease_of(ex)
-    assert link is not None, "a client sending lone tasks gets a lease"
-    return link
 
 
 def child_of(world):
