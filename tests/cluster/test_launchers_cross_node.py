@@ -6,12 +6,10 @@ Python busy loop) and prints its node and CPUs first; each batch task reports wh
 
 from __future__ import annotations
 
-import shlex
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from launching import data_copy, host_program
 
 from colocate import launch as L
 from colocate.testing import batch_records
@@ -21,27 +19,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "launchers" / "slurm" / "colocate-with.sbatch"
 ATTACH = REPO / "launchers" / "slurm" / "colocate-attach.sh"
-DATA = REPO / "tests" / "data"
 
 
-def data_copy(tmp_path: Path, name: str) -> Path:
-    """A test batch and its function file copied into ``tmp_path``: its ``output: runs/..``
-    (relative to the batch file) then lands in the test's directory, not in tests/data."""
-    for f in (name, "where_fn.py"):
-        shutil.copy(DATA / f, tmp_path / f)
-    return tmp_path / name
 NODES = ["vnode1", "vnode2", "vnode3"]
-
-
-def host_program(seconds: int) -> list[str]:
-    """A real host program that first prints its node and the CPUs it may use."""
-    if shutil.which("stress-ng"):
-        work = f"exec stress-ng --cpu 1 --timeout {seconds} --metrics-brief"
-    else:
-        work = (f"exec {shlex.quote(sys.executable)} -c 'import time; t = time.time() + "
-                f"{seconds}\nwhile time.time() < t: pass'")
-    return ["sh", "-c", f"echo HOST $(hostname) $(grep Cpus_allowed_list /proc/self/status); "
-                        f"{work}"]
 
 
 def hosts_on_host_core(out: str) -> list[str]:
@@ -56,7 +36,7 @@ def test_colocate_with_sbatch_on_three_nodes(cluster, tmp_path, launcher):
     batch = data_copy(tmp_path, "where-spread.yaml")
     jobid = cluster.sbatch(["-N3", "--exclusive", "--ntasks-per-node=1", "-t", "3", "-o",
                             "out.txt", str(SBATCH), str(batch), "--",
-                            *host_program(12)], tmp_path,
+                            *host_program(node=True, seconds=12)], tmp_path,
                            env={"COLOCATE_SLURM_LAUNCHER": launcher})
     info = cluster.wait_job(jobid, 150)
     out = (tmp_path / "out.txt").read_text()
@@ -80,7 +60,7 @@ def test_attach_to_a_running_three_node_job(cluster, tmp_path, wait_until):
     here: it measures the load of the machine's cores, which every virtual node shares, so the
     other nodes' ranks starting up make CPU 1 look busy (measured: "no spare core on this node").
     """
-    host = L.slurm_host_step(host_program(60), [0], 3, 1)
+    host = L.slurm_host_step(host_program(node=True, seconds=60), [0], 3, 1)
     jobid = cluster.sbatch(["-N3", "--exclusive", "-t", "2", "-o", "host.txt", "--wrap",
                             L.shell_join(host)], tmp_path)
     try:
@@ -107,7 +87,7 @@ def test_warning_signal_drains_across_nodes(cluster, tmp_path, wait_until):
     batch = data_copy(tmp_path, "where-slow.yaml")
     jobid = cluster.sbatch(["-N3", "--exclusive", "--ntasks-per-node=1", "-t", "3", "-o",
                             "out.txt", str(SBATCH), str(batch), "--",
-                            *host_program(20)], tmp_path,
+                            *host_program(node=True, seconds=20)], tmp_path,
                            env={"COLOCATE_SERVER_DRAIN_GRACE": "3"})
     run_dir = tmp_path / "runs" / "where-slow"
     wait_until(lambda: sum(r["status"] == "ok" for r in batch_records(run_dir)) >= 4, 120,

@@ -5,7 +5,6 @@ Every wait is bounded; a job that outlives its bound is cancelled and the test f
 """
 
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from launching import data_copy, host_program
 
 from colocate import launch as L
 from colocate.testing import batch_records, wait_until
@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parents[2]
 SETUP = REPO / "tests" / "slurm" / "setup-slurm.sh"
 SBATCH = REPO / "launchers" / "slurm" / "colocate-with.sbatch"
 ATTACH = REPO / "launchers" / "slurm" / "colocate-attach.sh"
-DATA = REPO / "tests" / "data"
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
          "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
@@ -103,16 +102,6 @@ def wait_job(jobid, timeout) -> dict:
     pytest.fail(f"job {jobid} still {job_info(jobid).get('JobState')} after {timeout} s")
 
 
-def host_program(seconds: int) -> list[str]:
-    """A real host program that first prints the CPUs it may use."""
-    if shutil.which("stress-ng"):
-        work = f"exec stress-ng --cpu 1 --timeout {seconds} --metrics-brief"
-    else:
-        work = (f"exec {shlex.quote(sys.executable)} -c 'import time; t = time.time() + "
-                f"{seconds}\nwhile time.time() < t: pass'")
-    return ["sh", "-c", f"grep Cpus_allowed_list /proc/self/status; {work}"]
-
-
 AFFINITY = "import os, time; print('{tag}', sorted(os.sched_getaffinity(0)), flush=True); " \
            "time.sleep(2)"
 
@@ -165,12 +154,6 @@ def test_colocate_step_starts_an_mpi_world_on_the_spare_core(slurm, tmp_path, la
     assert ranks == ["2 [1] 1-1\n", "2 [1] 1-1\n"], out   # one world of 2, on the spare core
 
 
-def data_copy(tmp_path: Path, name: str) -> Path:
-    """A test batch and its function file copied into ``tmp_path``: its ``output: runs/..``
-    (relative to the batch file) then lands in the test's directory, not in tests/data."""
-    for f in (name, "where_fn.py"):
-        shutil.copy(DATA / f, tmp_path / f)
-    return tmp_path / name
 
 
 # ----- (b) the sbatch launcher, end to end ---------------------------------------------------
