@@ -37,8 +37,9 @@ import select
 import socket
 import struct
 import time
+from struct import pack_into
 
-from colocate.wire.messages import Relayed, ResultMsg, Results, Status, Submit, TaskInfo, Work
+from colocate.wire.messages import Relayed, Status, Submit, Work, results_wire
 from colocate.wire.stream import Stream
 
 # The shared memory after the take-back counter (8 bytes at offset 0): state, lease, task id,
@@ -108,7 +109,8 @@ class Direct:
         if "hand" in msg:
             _, fds, _, _ = socket.recv_fds(self.fds, 1, 1)
             sock = socket.socket(fileno=fds[0])
-            held = _Held(msg["hand"], Stream(sock), msg["timeout"], tuple(msg["where"]))
+            node, rank, cores = msg["where"]
+            held = _Held(msg["hand"], Stream(sock), msg["timeout"], (node, rank, tuple(cores)))
             self.held[held.lease] = held
             for fn_hash, fn_bytes in msg.get("fns", {}).items():
                 self.known.add(fn_hash)
@@ -155,19 +157,18 @@ class Direct:
         shared = self.shared
         struct.pack_into("qqdd", shared, _LEASE, held.lease, task.id, time.monotonic(),
                          -1.0 if timeout is None else timeout)
-        self._set(_DIRTY, int(bool(held.stream._in)))
-        self._set(_STATE, RUNNING)
+        pack_into("q", shared, _DIRTY, 1 if held.stream._in else 0)
+        pack_into("q", shared, _STATE, RUNNING)
         out = self.run(work)
-        self._set(_STATE, WRITING)
+        pack_into("q", shared, _STATE, WRITING)
         node, rank, cores = held.where
-        result = ResultMsg(task.id, int(out.status), out.payload,
-                           TaskInfo(node, rank, tuple(cores), out.started, out.finished, 1))
+        result = (task.id, int(out.status), out.payload,
+                  (node, rank, cores, out.started, out.finished, 1))
         if self.kept():   # rank 0 records the objects, then delivers
-            self._note(("kept", held.lease, work.gid, tuple(result)))
-            msg = Relayed([task.id])
+            self._note(("kept", held.lease, work.gid, result))
+            held.stream.send(Relayed([task.id]))
         else:
-            msg = Results([result])
-        held.stream.send(msg)
+            held.stream.send(results_wire([result]))   # (as plain tuples: no named ones)
         while held.stream.pending and not held.stream.closed:
             select.select([], [held.stream], [], 1.0)
             held.stream.flush()

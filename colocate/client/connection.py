@@ -85,6 +85,7 @@ IDLE_WAIT = 1.0     # seconds the connection thread sleeps at most before lookin
 # cost 28 us per leased round trip (measured, A/B in turns); this wakes it 200 times a second
 # while a caller waits in result() (~0.3 % of a core).
 UNWATCHED_WAIT = 0.005
+_DONE = frozenset((cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED))
 CANCEL_WAIT = 5.0   # seconds cancel() waits for rank 0 to say which tasks it dropped
 
 
@@ -349,15 +350,20 @@ class Connection:
                 link = self.lease
                 hot = self.hot if link is not None and fut._id in link.sent else 0.0
                 hot_until = time.monotonic() + hot
-                while not fut.done() and not self.stream.closed and self.goodbye is None:
+                streams, link = self._streams(), self.lease
+                # (fut._state read without its lock, as done() would under it: a poll)
+                while (fut._state not in _DONE and not self.stream.closed
+                       and self.goodbye is None):
                     now = time.monotonic()
                     left = READ_SLICE if deadline is None else min(READ_SLICE, deadline - now)
                     if left <= 0:
                         break
                     if now < hot_until:
                         left = 0.0
+                    if self.lease is not link:   # taken or dropped meanwhile
+                        streams, link = self._streams(), self.lease
                     try:
-                        ready = select.select(self._streams(), [], [], left)[0]
+                        ready = select.select(streams, [], [], left)[0]
                     except (OSError, ValueError):   # closed by the connection thread
                         break
                     for stream in ready:
@@ -684,8 +690,14 @@ class Connection:
             if res.status != Status.OK:
                 fut.set_exception(task_error(fut._label, res, self.address.size))
                 return
-            with store.adopting(self.store):
+            # (store.adopting, inlined: a generator context manager costs ~1 µs a result)
+            hooks = store._hooks
+            outer = getattr(hooks, "adopter", None)
+            hooks.adopter = self.store
+            try:
                 value = loads(res.payload)
+            finally:
+                hooks.adopter = outer
         except BaseException as e:   # noqa: BLE001 - even SystemExit must fail only this future
             fut.set_exception(SerializationError(
                 f"cannot unpickle the result of {fut._label} in the client: "

@@ -393,8 +393,7 @@ def follow(ref: Ref) -> None:
 
 def resolve(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Replace top-level ``Ref`` arguments by their objects (arrays as read-only views)."""
-    if not any(type(a) is Ref for a in args) and not any(
-            type(v) is Ref for v in kwargs.values()):
+    if Ref not in map(type, args) and (not kwargs or Ref not in map(type, kwargs.values())):
         return args, kwargs
     from colocate.store.datalink import fetch
     args = tuple(fetch(a, copy=False) if type(a) is Ref else a for a in args)

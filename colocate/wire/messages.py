@@ -409,6 +409,15 @@ def to_wire(msg: Any) -> Any:
     return msg
 
 
+def results_wire(results: list[tuple]) -> tuple:
+    """``Results`` in its wire form, from plain ``(id, status, payload, info)`` tuples.
+
+    For a sender that never built the named tuples (the executor child's direct path):
+    ``from_wire`` gives the same :class:`Results` as ``to_wire(Results(...))`` would have.
+    """
+    return (_RESULTS, results)
+
+
 def from_wire(obj: Any) -> Any:
     """The message :func:`to_wire` made ``obj`` from."""
     if type(obj) is not tuple:   # (a NamedTuple's type is its own class)

@@ -11,10 +11,11 @@ in an output buffer until the socket is writable.
 
 from __future__ import annotations
 
+import pickle
 import socket
 from typing import Any
 
-from colocate.wire.framing import append_frame, split_frames
+from colocate.wire.framing import HEADER, append_frame, split_frames
 from colocate.wire.messages import from_wire, to_wire
 
 READ_CHUNK = 1 << 20
@@ -53,9 +54,27 @@ class Stream:
         return bool(self._out)
 
     def send(self, obj: Any) -> None:
-        """Queue one object and push as much as the socket takes now."""
-        append_frame(self._out, to_wire(obj))
-        self.flush()
+        """Queue one object and push as much as the socket takes now.
+
+        With nothing queued (the usual case) the frame goes out in one ``send`` from a bytes
+        object, and only what the kernel did not take is queued.
+        """
+        if self._out or self.closed:
+            append_frame(self._out, to_wire(obj))
+            self.flush()
+            return
+        data = pickle.dumps(to_wire(obj), protocol=pickle.HIGHEST_PROTOCOL)
+        data = HEADER.pack(len(data)) + data
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self.closed = True
+            self._out += data
+            return
+        if n < len(data):
+            self._out += memoryview(data)[n:]
 
     def flush(self) -> None:
         """Write queued output until the socket would block."""
@@ -85,11 +104,28 @@ class Stream:
             if not k:
                 self.closed = True
                 break
+            if k < READ_CHUNK and not self._in:   # whole frames, usually: read in place
+                return [from_wire(obj) for obj in self._take(chunk, k)]
             with memoryview(chunk) as view:
                 self._in += view[:k]
             if k < READ_CHUNK:
                 break
         return [from_wire(obj) for obj in split_frames(self._in)]
+
+    def _take(self, chunk: bytearray, k: int) -> list[Any]:
+        """The whole frames in ``chunk[:k]``; a partial last one is kept in ``_in``."""
+        out = []
+        start, size = 0, HEADER.size
+        with memoryview(chunk) as view:
+            while k - start >= size:
+                end = start + size + HEADER.unpack_from(chunk, start)[0]
+                if end > k:
+                    break
+                out.append(pickle.loads(view[start + size:end]))
+                start = end
+            if start < k:
+                self._in += view[start:k]
+        return out
 
     def close(self) -> None:
         """Close the socket."""
