@@ -48,7 +48,7 @@ from colocate.errors import (
 )
 from colocate.store.clientside import StoreClient
 from colocate.wire import address as addr
-from colocate.wire.bell import ring_up
+from colocate.wire.bell import ring_up, ring_up_local
 from colocate.wire.messages import (
     Bye,
     Cancel,
@@ -175,6 +175,7 @@ class Connection:
                  hot: float = 0.0005) -> None:
         self.address = address
         self.hot = hot   # seconds read_until polls hot before it sleeps (config client.hot)
+        self.local_leases = True   # a lease's Unix socket is tried first (tests turn it off)
         try:
             sock = ring_up(address.host, address.bell_port,
                            {"token": address.token, "role": "client", "pid": os.getpid(),
@@ -595,10 +596,18 @@ class Connection:
     def _take_lease(self, offer: Lease) -> None:
         """Connect to the worker slot rank 0 leased us (at once: our next lone task goes there)."""
         self._drop_lease()
+        hello = {"token": self.address.token, "role": "lease", "lease": offer.lease,
+                 "pid": os.getpid()}
+        sock = None
+        if offer.path and self.local_leases:   # same machine: its Unix socket answers
+            try:
+                sock = ring_up_local(offer.path, hello)
+            except OSError as e:   # another machine (or network namespace): over TCP
+                log.debug("leased worker rank %d: no Unix socket here (%s); over TCP",
+                          offer.rank, e)
         try:
-            sock = ring_up(offer.host, offer.port,
-                           {"token": self.address.token, "role": "lease", "lease": offer.lease,
-                            "pid": os.getpid()})
+            if sock is None:
+                sock = ring_up(offer.host, offer.port, hello)
         except OSError as e:   # (rank 0 ends the lease when the slot is wanted elsewhere)
             log.info("could not reach leased worker rank %d at %s:%d: %s; tasks keep going "
                      "through rank 0", offer.rank, offer.host, offer.port, e)

@@ -116,7 +116,7 @@ class Server:
         self.worker_bells = worker_bells
         self.worker_contact = {rank: 0.0 for rank in worker_bells}
         self.stores: dict[int, StoreAddress | None] = {}
-        self.task_ports: dict[int, tuple[str, int]] = {}
+        self.task_ports: dict[int, tuple] = {}   # rank -> (host, port[, path])
         self.clients: dict[int, _Client] = {}
         self.next_client = 1
         self.backoff = Backoff.from_config(srv)
@@ -409,8 +409,8 @@ class Server:
                 self._to_worker(ins.rank, StartLease(ins.lease, ins.client, ins.timeout))
                 client = self.clients.get(ins.client)   # client's tasks come
                 if client is not None:
-                    host, port = self.task_ports[ins.rank]
-                    self._to_client(client, Lease(ins.lease, ins.rank, host, port))
+                    host, port, *path = self.task_ports[ins.rank]
+                    self._to_client(client, Lease(ins.lease, ins.rank, host, port, *path[:1]))
             elif kind is S.CloseLease:
                 self._to_worker(ins.rank, EndLease(ins.lease))
             elif kind is S.MoveObjects:

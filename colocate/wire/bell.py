@@ -18,6 +18,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
+import secrets
 import socket
 from typing import Any
 
@@ -127,6 +129,37 @@ def listen(host: str, backlog: int = 128) -> socket.socket:
     return ls
 
 
+def listen_local(backlog: int = 128) -> tuple[socket.socket, str]:
+    """Open a listening Unix socket in the abstract namespace; returns it and its name.
+
+    For peers on this machine (and network namespace) only: a same-node leased client's
+    link, which skips loopback TCP's per-message cost (~1 µs each way, measured). The name is
+    not a file (nothing to clean up) and is random; peers still prove the token in the handshake.
+    """
+    name = f"\0colocate-{os.getpid()}-{secrets.token_hex(8)}"
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        ls.bind(name)
+        ls.listen(backlog)
+    except BaseException:
+        ls.close()
+        raise
+    ls.setblocking(False)
+    return ls, name
+
+
+def ring_up_local(path: str, hello: dict[str, Any], timeout: float = 10.0) -> socket.socket:
+    """:func:`ring_up` to a listener of :func:`listen_local` (``OSError`` if none is there)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return _handshake(sock, hello)
+
+
 def ring_up(host: str, port: int, hello: dict[str, Any], timeout: float = 10.0) -> socket.socket:
     """Connect to a server's listening socket and complete the handshake.
 
@@ -137,7 +170,10 @@ def ring_up(host: str, port: int, hello: dict[str, Any], timeout: float = 10.0) 
         ConnectionRefusedError, OSError: nobody listens there.
         PermissionError: the server refused us; the message holds its reason.
     """
-    sock = socket.create_connection((host, port), timeout=timeout)
+    return _handshake(socket.create_connection((host, port), timeout=timeout), hello)
+
+
+def _handshake(sock: socket.socket, hello: dict[str, Any]) -> socket.socket:
     try:
         _send_line(sock, {**hello, "wire": WIRE_VERSION})
         answer = _read_line(sock)

@@ -257,7 +257,8 @@ class WorkerHello(NamedTuple):
     detail: dict
     gpus: tuple[str, ...] = ()    # the node's GPU inventory
     store: StoreAddress | None = None
-    tasks: tuple[str, int] | None = None   # its task port for leased clients (host, port)
+    # its task port for leased clients: (host, port, the name of its local Unix socket or "")
+    tasks: tuple[str, int, str] | None = None
 
 
 class Heartbeat(NamedTuple):
@@ -325,12 +326,17 @@ class MovedOut(NamedTuple):
 
 # ----- leases (colocate.worker.lease) -------------------------------------------------------------
 class Lease(NamedTuple):
-    """Rank 0 to a client: send your lone tasks to worker ``rank`` at ``host:port``."""
+    """Rank 0 to a client: send your lone tasks to worker ``rank`` at ``host:port``.
+
+    ``path``: the worker's Unix socket (abstract namespace), tried first: it answers a client on
+    the same machine only; any other falls back to ``host:port``.
+    """
 
     lease: int
     rank: int
     host: str
     port: int
+    path: str = ""
 
 
 class StartLease(NamedTuple):

@@ -98,6 +98,12 @@ class LeaseDesk:
         self.token = token
         self.listener = bell.listen(host)
         self.address: tuple[str, int] = (host, self.listener.getsockname()[1])
+        try:   # and for clients on this machine, a Unix socket (what WorkerHello.tasks says)
+            self.local, self.local_path = bell.listen_local()
+        except OSError as e:
+            log.info("task port: no local Unix socket (%s); leased clients use TCP", e)
+            self.local, self.local_path = None, ""
+        self.listeners = [self.listener] if self.local is None else [self.listener, self.local]
         self.where = where
         self.send = send
         self.catch_up = catch_up
@@ -118,7 +124,7 @@ class LeaseDesk:
     # ----- for the worker's select ---------------------------------------------------------------
     def readers(self) -> list[Any]:
         """What to watch for reading: the task port and the open connections."""
-        return [self.listener, *(c.stream for c in self.conns if not c.over and not c.handed)]
+        return [*self.listeners, *(c.stream for c in self.conns if not c.over and not c.handed)]
 
     def writers(self) -> list[Stream]:
         """Connections with output waiting for room."""
@@ -136,8 +142,9 @@ class LeaseDesk:
                 conn.stream.flush()
             if conn.stream in readable and not conn.over:
                 work += self._read(conn)
-        if self.listener in readable:
-            self._accept()
+        for listener in self.listeners:
+            if listener in readable:
+                self._accept(listener)
         if self.conns:
             self.conns = [c for c in self.conns if not self._gone(c)]
         return work
@@ -297,12 +304,13 @@ class LeaseDesk:
         for conn in self.conns:
             conn.stream.close()
         self.conns = []
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
 
     # ----- inside --------------------------------------------------------------------------------
-    def _accept(self) -> None:
+    def _accept(self, listener: Any) -> None:
         try:
-            sock, hello = bell.answer(self.listener, self.token)
+            sock, hello = bell.answer(listener, self.token)
         except (BlockingIOError, InterruptedError):
             return
         if sock is None:

@@ -157,7 +157,7 @@ class Worker:
         self._send(WorkerHello(self.rank, self.place["node"], tuple(self.place["cores"]),
                                self.place["memory_budget"], self.place["detail"],
                                tuple(self.place.get("gpus", ())), self.store.address,
-                               self.desk.address))
+                               (*self.desk.address, self.desk.local_path)))
 
     # ----- loop ----------------------------------------------------------------------------------
     def run(self) -> None:

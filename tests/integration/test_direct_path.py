@@ -9,6 +9,7 @@ falls back to sleeping (idle CPU over a bounded window, from /proc schedstat).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -62,19 +63,30 @@ def child_of(world):
 
 
 def holds_client(world, client_port_peers):
-    """Whether the executor child has a TCP connection to one of the client's local ports."""
+    """Whether the executor child holds the client's leased connection.
+
+    Over TCP: a connection to one of the client's local ports. Over the worker's Unix socket
+    (a client on the same machine): a connection accepted on that socket (its local name).
+    """
     try:
-        conns = child_of(world).net_connections(kind="tcp")
+        conns = child_of(world).net_connections(kind="inet" if isinstance(
+            next(iter(client_port_peers)), int) else "unix")
     except (psutil.Error, AssertionError):
         return False
-    return any(c.raddr and c.raddr[1] in client_port_peers for c in conns)
+    return any((c.raddr and c.raddr[1] in client_port_peers) or c.laddr in client_port_peers
+               for c in conns)
 
 
 def lease_port(ex):
-    """The client's local port of its leased connection."""
+    """What names the client's leased connection: its local port, or the worker's Unix name."""
     link = ex._conn.lease
     assert link is not None
-    return {link.stream.sock.getsockname()[1]}
+    sock = link.stream.sock
+    if sock.family == socket.AF_UNIX:
+        peer = sock.getpeername()
+        peer = peer.decode() if isinstance(peer, bytes) else peer
+        return {"@" + peer[1:]}
+    return {sock.getsockname()[1]}
 
 
 def ranks_of(world):
@@ -228,4 +240,48 @@ def test_hot_polling_falls_back_to_sleep(world_factory, wait_until):
         assert pct["client"] <= 2.0, pct
         assert max(pct["rank 0"], pct["rank 1"]) <= 5.0, pct
         assert ex.submit(add, 1, 2).result(timeout=BOUND) == 3   # and it wakes
+    assert world.stop() == 0, world.log()
+
+
+@pytest.mark.timeout(180)
+def test_a_same_machine_lease_goes_over_the_workers_unix_socket_and_a_crash_is_reported(
+        world_factory, wait_until):
+    world = world_factory(2)
+    with Executor(address=world.address) as ex:
+        link = take_lease(ex)
+        sock = ex._conn.lease.stream.sock
+        assert sock.family == socket.AF_UNIX, "a client on the worker's machine skips TCP"
+        ports = lease_port(ex)
+        wait_until(lambda: holds_client(world, ports), BOUND, "the child to hold the lease")
+        with pytest.raises(WorkerCrashed) as crashed:
+            ex.submit(crash, 9).result(timeout=BOUND)
+        assert crashed.value.exitcode == 9
+        assert lease_of(ex) == link and ex._conn.lease.stream.sock is sock
+        fut = ex.submit(add, 1, 1)
+        assert fut.result(timeout=BOUND) == 2 and fut.info.rank == link["rank"]
+    assert world.stop() == 0, world.log()
+
+
+@pytest.mark.timeout(180)
+def test_a_lease_whose_unix_socket_does_not_answer_goes_over_tcp(world_factory, wait_until,
+                                                                  monkeypatch):
+    from colocate.client import connection
+    from colocate.wire import bell
+
+    tried = []
+
+    def elsewhere(path, hello, timeout=10.0):   # as from another machine: nobody there
+        tried.append(path)
+        return bell.ring_up_local("\0colocate-nobody-listens-here", hello, timeout)
+
+    monkeypatch.setattr(connection, "ring_up_local", elsewhere)
+    world = world_factory(2)
+    with Executor(address=world.address) as ex:
+        link = take_lease(ex)
+        assert tried, "the Unix socket is tried first"
+        assert ex._conn.lease.stream.sock.family in (socket.AF_INET, socket.AF_INET6)
+        ports = lease_port(ex)
+        wait_until(lambda: holds_client(world, ports), BOUND, "the child to hold the lease")
+        fut = ex.submit(add, 5, 5)
+        assert fut.result(timeout=BOUND) == 10 and fut.info.rank == link["rank"]
     assert world.stop() == 0, world.log()
