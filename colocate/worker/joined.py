@@ -114,7 +114,8 @@ def join(cfg: dict, address_path: str, cores: list[int] | None, config_path: str
     mpi4py.rc.initialize = False   # a joined worker is not an MPI process: never start MPI
     mpi4py.rc.finalize = False
     from colocate.wire import address as addresses
-    from colocate.world.serve import spare_cores
+    from colocate.world.serve import setup_logging, spare_cores
+    setup_logging(cfg["server"]["log_level"], f"join {os.getpid()}")
     address = addresses.read(address_path)
     if cores is None:
         cores, source = spare_cores(cfg)
@@ -129,9 +130,24 @@ def join(cfg: dict, address_path: str, cores: list[int] | None, config_path: str
     if not cores:
         raise ConfigError("no spare core on this node to join with; name them with --cores",
                           key="co_location.spare_cores")
+    age = _age()
+    log.info("colocate join: process started at %.3f (%.3f s ago), %d core(s)",
+             time.time() - age, age, len(cores))
     if len(cores) > 1:
         return _one_per_core(address_path, cores, config_path)
     return _join_one(cfg, address, cores, source)
+
+
+def _age() -> float:
+    """Seconds since this process started (its Python start-up included); 0.0 if unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, up - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def _cpus(cpus: Any) -> str:
