@@ -23,8 +23,8 @@ every task its host, start and end and a side-effect line, so:
   the hole's first task started; ``uncovered_s`` splits the idle time no task covered into
   ``slurm`` (submitted, or the hole's start, to Slurm's start), ``launch`` (to the join
   process's start), ``startup`` (to the hole's first task: Python and colocate start-up, the
-  join, the executor child) and ``other`` (no job for the hole, the pool's decision before the
-  submit, and gaps after the first task).
+  join, the executor child) and ``other`` (no task ran in the hole: most are gaps of a second or two
+  between batch jobs; the pool's decision before the submit; gaps after the first task).
 
 Measured on one machine: the three nodes are namespaces sharing its cores (tests/cluster/up.sh).
 Exit code 0 when it ran (the targets are printed, not enforced), 2 when the cluster is not up.
@@ -199,7 +199,8 @@ def holes(idle: dict, records: list, jobs: dict[str, dict]) -> tuple[list[dict],
             first = max(a, min(inside)) if inside else b
             cands = [(jid, j) for jid, j in jobs.items() if node in j["nodes"]
                      and j["slurm_start"] < b and (not inside or j["slurm_start"] <= first)]
-            jid, job = max(cands, key=lambda c: c[1]["slurm_start"]) if cands else (None, {})
+            jid, job = max(cands, key=lambda c: c[1]["slurm_start"]) if cands and inside \
+                else (None, {})   # no task ran in it: no pool job there (or one too late)
             marks = [a]
             if job:
                 sub = job["submitted"] if job["submitted"] is not None else job["slurm_start"]
