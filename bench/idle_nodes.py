@@ -16,7 +16,15 @@ every task its host, start and end and a side-effect line, so:
 * ``covered_node_s``: of those, node-seconds in which a pool worker ran a task on that node;
 * ``coverage``: their ratio;
 * ``start_delay_*``: each batch job's submit-to-start time with colocate minus without it;
-* ``tasks_*``: submitted, succeeded, failed, lost (never ended), duplicated (started twice).
+* ``tasks_*``: submitted, succeeded, failed, lost (never ended), duplicated (started twice);
+* ``holes``: per idle hole (node, start, end), the pool job that covered it, when rank 0
+  submitted it (its log), when Slurm started it (squeue's start time, polled), when its
+  ``colocate join`` process started (the job's output) and connected (rank 0's log), and when
+  the hole's first task started; ``uncovered_s`` splits the idle time no task covered into
+  ``slurm`` (submitted, or the hole's start, to Slurm's start), ``launch`` (to the join
+  process's start), ``startup`` (to the hole's first task: Python and colocate start-up, the
+  join, the executor child) and ``other`` (no task ran in the hole: most are gaps of a second or two
+  between batch jobs; the pool's decision before the submit; gaps after the first task).
 
 Measured on one machine: the three nodes are namespaces sharing its cores (tests/cluster/up.sh).
 Exit code 0 when it ran (the targets are printed, not enforced), 2 when the cluster is not up.
@@ -28,6 +36,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -131,6 +140,94 @@ def overlap(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> flo
     return sum(max(0.0, min(b, d) - max(a, c)) for a, b in xs for c, d in ys)
 
 
+def poll_pool_jobs(e: dict, stop, seen: dict) -> None:
+    """Until ``stop``: each pool job's nodes and Slurm start time, as squeue shows it running."""
+    while not stop.wait(0.5):
+        try:
+            out = slurm(e, "squeue", "-h", "--partition=pool", "-o", "%i|%T|%N|%S")
+        except subprocess.TimeoutExpired:
+            continue
+        for line in out.splitlines():
+            jid, state, nodes, start = (line.split("|") + ["", "", ""])[:4]
+            if state == "RUNNING" and jid not in seen:
+                try:
+                    at = time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S"))
+                except ValueError:
+                    at = time.time()
+                seen[jid] = {"nodes": nodes.split(","), "slurm_start": at}
+
+
+def log_times(text: str, day: float, pattern: str) -> list[tuple[float, re.Match]]:
+    """(epoch, match) of the log lines (``HH:MM:SS.mmm colocate[...] ...``) matching pattern."""
+    base = time.mktime(time.localtime(day)[:3] + (0, 0, 0, 0, 0, -1))
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"(\d\d):(\d\d):(\d\d)(?:\.(\d{3}))? ", line)
+        found = re.search(pattern, line)
+        if m and found:
+            h, mi, sec, ms = (int(x or 0) for x in m.groups())
+            out.append((base + h * 3600 + mi * 60 + sec + ms / 1000, found))
+    return out
+
+
+def pool_jobs(directory: Path, seen: dict, t0: float) -> dict[str, dict]:
+    """Per pool job: nodes, submitted, Slurm start, join process start, first join connected."""
+    rank0 = (directory / "world.log").read_text(errors="replace")
+    submitted = {m[1]: t for t, m in log_times(rank0, t0, r"pool: submitted job (\d+)")}
+    joins = [(t, m[1]) for t, m in log_times(rank0, t0, r"joined over TCP \(pid \d+ on (\S+)\)")]
+    jobs = {}
+    for jid, j in seen.items():
+        out = directory / f"colocate-pool-{jid}.out"
+        text = out.read_text(errors="replace") if out.exists() else ""
+        proc = re.search(r"process started at ([\d.]+)", text)
+        start = max(j["slurm_start"], submitted.get(jid, 0.0))
+        joined = [t for t, host in joins if host in j["nodes"] and t >= start]
+        jobs[jid] = {**j, "submitted": submitted.get(jid), "slurm_start": start,
+                     "process_start": float(proc[1]) if proc else None,
+                     "joined": min(joined) if joined else None}
+    return jobs
+
+
+def holes(idle: dict, records: list, jobs: dict[str, dict]) -> tuple[list[dict], dict]:
+    """Per idle hole, what covered it and when; the uncovered seconds by cause (module doc)."""
+    rows, split = [], {"slurm": 0.0, "launch": 0.0, "startup": 0.0, "other": 0.0}
+    for node in POOL_NODES:
+        ran = union([(s, t) for h, s, t in records if h == node])
+        for a, b in idle[node]:
+            covered = overlap(ran, [(a, b)])
+            inside = [s for s, t in ran if t > a and s < b]
+            first = max(a, min(inside)) if inside else b
+            cands = [(jid, j) for jid, j in jobs.items() if node in j["nodes"]
+                     and j["slurm_start"] < b and (not inside or j["slurm_start"] <= first)]
+            jid, job = max(cands, key=lambda c: c[1]["slurm_start"]) if cands and inside \
+                else (None, {})   # no task ran in it: no pool job there (or one too late)
+            marks = [a]
+            if job:
+                sub = job["submitted"] if job["submitted"] is not None else job["slurm_start"]
+                proc = job["process_start"] or job["slurm_start"]
+                marks += [sub, job["slurm_start"], proc]
+            marks = [min(max(m, a), first) for m in marks] + [first]
+            parts = {"other": marks[1] - marks[0]} if job else {"other": first - a}
+            if job:
+                parts.update(slurm=marks[2] - marks[1], launch=marks[3] - marks[2],
+                             startup=marks[4] - marks[3])
+            parts["other"] = parts.get("other", 0.0) + max(0.0, (b - first) - covered)
+            for k, v in parts.items():
+                split[k] += v
+            rows.append({"node": node, "start": round(a, 2), "end": round(b, 2),
+                         "idle_s": round(b - a, 2), "covered_s": round(covered, 2),
+                         "job": jid, "submitted": _rel(job.get("submitted"), a),
+                         "slurm_start": _rel(job.get("slurm_start"), a),
+                         "process_start": _rel(job.get("process_start"), a),
+                         "joined": _rel(job.get("joined"), a),
+                         "first_task": _rel(first, a) if inside else None})
+    return rows, {k: round(v, 1) for k, v in split.items()}
+
+
+def _rel(t: float | None, a: float) -> float | None:
+    return None if t is None else round(t - a, 2)
+
+
 def work(marks: str, key: int, seconds: float) -> tuple[str, float, float]:
     """A short numpy task: matrix products for about ``seconds``; leaves a start line."""
     import socket
@@ -169,13 +266,15 @@ def run_with_pool(e: dict, jobs: list[dict], directory: Path, total: float, grac
                              start_new_session=True)
     marks = directory / "marks"
     marks.mkdir()
-    futures, failed, lost, records = [], 0, 0, []
+    futures, failed, lost, records, seen = [], 0, 0, [], {}
     try:
         deadline = time.time() + 90
         while not address.exists() and time.time() < deadline:
             time.sleep(0.2)
         import threading
         stop = threading.Event()
+        poller = threading.Thread(target=poll_pool_jobs, args=(e, stop, seen), daemon=True)
+        poller.start()
         with colocate.Executor(address=address) as ex:
             def feed() -> None:
                 while not stop.is_set():
@@ -212,8 +311,18 @@ def run_with_pool(e: dict, jobs: list[dict], directory: Path, total: float, grac
     tasks = {"tasks_submitted": len(futures), "tasks_succeeded": len(records),
              "tasks_failed": failed,
              "tasks_lost": lost,
-             "tasks_duplicated": sum(s > 1 for s in starts), "records": records}
+             "tasks_duplicated": sum(s > 1 for s in starts), "records": records,
+             "jobs": pool_jobs(directory, seen, done[0]["t0"])}
     return done, tasks
+
+
+def print_holes(rows: list[dict]) -> None:
+    """The per-hole table: times in seconds from the hole's start (``-`` when not known)."""
+    cols = ("node", "idle_s", "covered_s", "job", "submitted", "slurm_start", "process_start",
+            "joined", "first_task")
+    print("  ".join(f"{c:>13}" for c in cols))
+    for r in rows:
+        print("  ".join(f"{'-' if r[c] is None else r[c]!s:>13}" for c in cols))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     idle_s = sum(b - a for node in idle for a, b in idle[node])
     covered = sum(overlap(union([(s, t) for h, s, t in tasks["records"] if h == node]),
                           idle[node]) for node in POOL_NODES)
+    rows, uncovered = holes(idle, tasks["records"], tasks.pop("jobs"))
     delays = [(p["start"] - p["submitted"]) - (b["start"] - b["submitted"])
               for p, b in zip(with_pool, base, strict=True) if p["start"] and b["start"]]
     tasks.pop("records")
@@ -250,14 +360,17 @@ def main(argv: list[str] | None = None) -> int:
            "coverage": round(covered / idle_s, 3) if idle_s else None,
            "start_delay_p50_s": round(statistics.median(delays), 2) if delays else None,
            "start_delay_max_s": round(max(delays), 2) if delays else None,
-           "grace_s": grace, **tasks,
+           "grace_s": grace, **tasks, "uncovered_s": uncovered,
            "machine": os.uname().nodename, "cpus": os.cpu_count(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                     capture_output=True, text=True).stdout.strip()}
+    print_holes(rows)
+    out["holes"] = rows
     width = max(map(len, out))
     for k, v in out.items():
-        print(f"{k:<{width}}  {v}")
+        if k != "holes":
+            print(f"{k:<{width}}  {v}")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

@@ -179,7 +179,7 @@ class Server:
     # ----- loop ----------------------------------------------------------------------------------
     def run(self) -> None:
         """Serve until drained or stopped, then shut every worker down."""
-        last_tick = time.monotonic()
+        last_tick = last_view = time.monotonic()
         draining = False
         if self.owner is not None and self.owner.gone():
             self._owner_gone()
@@ -199,11 +199,12 @@ class Server:
                 now = time.monotonic()
                 if busy:
                     self.backoff.active(now)
+                if self.pool is not None and now - last_view > POOL_VIEW:
+                    last_view = now
+                    self.pool.see(self.sched, self.worker_job, now)
                 if now - last_tick > self.heartbeat:
                     last_tick = now
                     self._apply(S.Tick(now))
-                    if self.pool is not None:
-                        self.pool.see(self.sched, self.worker_job, now)
                     if self.owner is not None and self.owner.fd is None and self.owner.gone():
                         self._owner_gone()
                 self._wait(self.backoff.delay(now))
@@ -335,6 +336,9 @@ class Server:
         kind = type(msg)
         if kind is Submit:
             self._apply(S.Submitted(client.id, msg.tasks))
+            if self.pool is not None and self.pool.idle_queue():
+                self.pool.see(self.sched, self.worker_job, time.monotonic())
+                self.pool.wake()   # work after none queued: decide now, not at the next interval
         elif kind is Cancel:
             self._apply(S.CancelRequested(client.id, msg.ids))
         elif kind is PutRequest:
@@ -542,13 +546,21 @@ class Server:
         return snap
 
 
+# Seconds between the views of queue and workers rank 0's loop hands the pool's thread: the
+# thread decides on the latest, so a view older than this may delay a decision by as much; each
+# costs a pass over the workers (microseconds per worker).
+POOL_VIEW = 0.25
+
+
 class _Pool:
     """Rank 0's pool of joined workers (:mod:`colocate.rank0.pool`), run in a thread of its own.
 
     The batch system's commands take tens of milliseconds to seconds; rank 0's loop must not
-    wait for them. The loop hands over what the policy needs (:meth:`see`, once a heartbeat);
-    the thread decides and acts every ``pool.interval`` seconds. :meth:`stop` cancels every job
-    of the pool when the world stops.
+    wait for them. The loop hands over what the policy needs (:meth:`see`, every
+    :data:`POOL_VIEW` seconds); the thread decides and acts every ``pool.interval`` seconds, and
+    at once (:meth:`wake`) when tasks arrive while none was queued, so a backlog that appears
+    does not wait out an interval. :meth:`stop` cancels every job of the pool when the world
+    stops.
     """
 
     def __init__(self, cfg: dict, address: Address) -> None:
@@ -564,6 +576,7 @@ class _Pool:
         self.rows: list[dict] = []
         self.idle_since: dict[int, float] = {}
         self.done = threading.Event()
+        self.woken = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="colocate-pool", daemon=True)
         self.thread.start()
 
@@ -589,10 +602,20 @@ class _Pool:
                               sum(d for _, _, d in ws)) for job, ws in jobs.items()}
         self.view = (sched.queued(), free, joined)
 
+    def idle_queue(self) -> bool:
+        """Whether the last view handed over had no task queued (or there was none yet)."""
+        return self.view is None or self.view[0] == 0
+
+    def wake(self) -> None:
+        """Decide now rather than at the end of the interval (from rank 0's loop)."""
+        self.woken.set()
+
     def _loop(self) -> None:
-        while not self.done.wait(self.interval):
+        while not self.done.is_set():
+            self.woken.wait(self.interval)   # bounded: a decision at least every interval
+            self.woken.clear()
             view = self.view
-            if view is None:
+            if view is None or self.done.is_set():
                 continue
             try:
                 self.manager.tick(*view)
@@ -607,6 +630,7 @@ class _Pool:
     def stop(self) -> None:
         """Stop deciding and cancel every job of the pool."""
         self.done.set()
+        self.woken.set()
         self.thread.join(timeout=60)
         cancelled = self.manager.stop()
         if cancelled:

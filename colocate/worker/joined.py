@@ -12,7 +12,7 @@ A joined worker has one TCP :class:`~colocate.wire.stream.Stream` that does both
 same two interfaces (:class:`StreamLink`). It is outside the MPI world, so its death never takes the
 world down, under MPICH too: rank 0 sees the stream close and fails only its running task.
 
-Process layout: ``colocate join`` on a node with several cores starts one worker process per
+Process layout: ``colocate join`` on a node with several cores forks one worker process per
 core (each joins on its own, as one worker rank per core would) and forwards SIGTERM and SIGINT
 to them. On SIGTERM (the batch system's preemption or time-limit warning) each worker leaves:
 
@@ -34,7 +34,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from typing import Any
@@ -114,7 +113,8 @@ def join(cfg: dict, address_path: str, cores: list[int] | None, config_path: str
     mpi4py.rc.initialize = False   # a joined worker is not an MPI process: never start MPI
     mpi4py.rc.finalize = False
     from colocate.wire import address as addresses
-    from colocate.world.serve import spare_cores
+    from colocate.world.serve import setup_logging, spare_cores
+    setup_logging(cfg["server"]["log_level"], f"join {os.getpid()}")
     address = addresses.read(address_path)
     if cores is None:
         cores, source = spare_cores(cfg)
@@ -129,9 +129,24 @@ def join(cfg: dict, address_path: str, cores: list[int] | None, config_path: str
     if not cores:
         raise ConfigError("no spare core on this node to join with; name them with --cores",
                           key="co_location.spare_cores")
+    age = _age()
+    log.info("colocate join: process started at %.3f (%.3f s ago), %d core(s)",
+             time.time() - age, age, len(cores))
     if len(cores) > 1:
-        return _one_per_core(address_path, cores, config_path)
+        return _one_per_core(cfg, address, cores, source)
     return _join_one(cfg, address, cores, source)
+
+
+def _age() -> float:
+    """Seconds since this process started (its Python start-up included); 0.0 if unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, up - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def _cpus(cpus: Any) -> str:
@@ -139,21 +154,52 @@ def _cpus(cpus: Any) -> str:
     return format_cpulist(sorted(cpus))
 
 
-def _one_per_core(address_path: str, cores: list[int], config_path: str | None) -> int:
-    """Start a worker process per core and pass SIGTERM and SIGINT on to them."""
-    cmd = [sys.executable, "-m", "colocate", "join", "--address", address_path]
-    if config_path:
-        cmd += ["--config", config_path]
-    procs = [subprocess.Popen([*cmd, "--cores", str(core)]) for core in cores]
+def _one_per_core(cfg: dict, address: Any, cores: list[int], source: str) -> int:
+    """Fork a worker process per core, after the imports, and pass SIGTERM and SIGINT on.
+
+    Forked rather than started afresh: the workers share this process's Python start-up and
+    imports (a second or more per process on a loaded node), and each joins on its own.
+    """
+    import colocate.colocation.topology
+    import colocate.wire.messages
+    import colocate.wire.mpi
+    import colocate.worker.loop  # noqa: F401 (imported once, here, for every worker)
+    pids = []
+    for core in cores:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                logging.getLogger("colocate").handlers.clear()
+                code = _join_one(cfg, address, [core], source)
+            except BaseException:   # noqa: BLE001 (a forked worker must never return here)
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
 
     def forward(signum: int, frame: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
+        for p in pids:
+            try:
+                os.kill(p, signum)
+            except ProcessLookupError:
+                pass
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [p.wait() for p in procs]
+    codes = []
+    for p in pids:
+        while True:
+            try:
+                codes.append(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]))
+                break
+            except InterruptedError:
+                continue
     return max(codes, key=abs)
 
 

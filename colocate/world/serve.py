@@ -39,7 +39,7 @@ def setup_logging(level: str, rank: int | str) -> None:
     who = f"rank {rank}" if isinstance(rank, int) else rank
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(
-        f"%(asctime)s colocate[{who}] %(levelname)s %(message)s", "%H:%M:%S"))
+        f"%(asctime)s.%(msecs)03d colocate[{who}] %(levelname)s %(message)s", "%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(level if level in logging._nameToLevel else "INFO")
 

@@ -90,7 +90,8 @@ def test_the_manager_grows_to_max_jobs_shrinks_when_idle_and_stop_cancels_all(
         assert job.id == jid
         # max_jobs 1: more work submits nothing more.
         assert manager.tick(queued=500, free_cores=0) == []
-        wait_until(lambda: manager.tick(queued=0, free_cores=1) == [] and
+        # Still a task queued while it starts (with none, pool.ahead cancels a pending job).
+        wait_until(lambda: manager.tick(queued=1, free_cores=0) == [] and
                    manager.jobs[0].state == "running", 30, "the job to run")
         # Idle past idle_timeout with nothing queued: cancelled, with the reason.
         now[0] += 100
@@ -100,6 +101,41 @@ def test_the_manager_grows_to_max_jobs_shrinks_when_idle_and_stop_cancels_all(
         assert f"pool: cancelled job {jid}: idle for 90 s" in caplog.text
         wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to end")
         # Grown again, then the world stops: stop() cancels every job of the pool.
+        manager.tick(queued=5, free_cores=0)
+        [again] = manager.submitted
+        assert manager.stop() == [again]
+        wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60,
+                   "no pool job after stop()")
+    finally:
+        ids = [j.id for j in s.jobs(run(s.query(manager.template)))]
+        if ids:
+            subprocess.run(s.cancel(ids), timeout=30)
+
+
+def test_a_job_waiting_ahead_is_cancelled_when_the_queue_empties_and_at_stop(
+        slurm, tmp_path: Path, caplog):  # noqa: F811
+    from colocate.rank0.pool.manager import PoolManager
+    # --begin an hour from now: the jobs stay pending, as behind a busy node.
+    manager = PoolManager(_pool(tmp_path, max_jobs=2, max_pending=2, ahead=1, cores_per_node=8,
+                                options=[f"--chdir={tmp_path}", "--begin=now+1hour"]),
+                          f"colocate-pool-ahead-{tmp_path.name[-12:]}", SLEEPER,
+                          output=str(tmp_path / "%j.out"))
+    s = manager.backend
+    try:
+        caplog.set_level("INFO", logger="colocate.pool")
+        [ahead] = manager.tick(queued=5, free_cores=0)
+        [jid] = manager.submitted
+        [job] = wait_until(lambda: s.jobs(run(s.query(manager.template))), 30,
+                           "squeue to list the job")
+        assert (job.id, job.state) == (jid, "pending")
+        # Pending already, and its 8 cores cover the queue: no second one.
+        assert manager.tick(queued=5, free_cores=0) == []
+        # The queue empties: the pending job is cancelled at once, with the reason.
+        [cancel] = manager.tick(queued=0, free_cores=1)
+        assert cancel.job == jid
+        assert f"pool: cancelled job {jid}: pending and no task queued" in caplog.text
+        wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to end")
+        # Work again, then the world stops: stop() cancels the job waiting ahead.
         manager.tick(queued=5, free_cores=0)
         [again] = manager.submitted
         assert manager.stop() == [again]

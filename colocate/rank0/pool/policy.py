@@ -14,6 +14,12 @@ does no I/O and reads no clock, so every rule is tested by exact decisions. The 
    goes only into nodes the batch system reports idle, when it reports them; growth to
    ``min_jobs`` may wait in the queue. At most ``max_pending`` jobs wait in the queue at once,
    and no more than ``max_jobs`` jobs are alive (ending ones included) at any time.
+4. **Jobs wait ahead** (``ahead``): while tasks are queued beyond what free cores take
+   (``grow_above`` per free core), up to ``ahead`` jobs are kept pending in the batch queue even
+   when no node is idle, within ``max_pending`` and ``max_jobs``, so a node that falls idle is
+   taken at the batch system's next scheduling pass. While no task is queued, pending jobs
+   beyond ``min_jobs`` are cancelled, the newest first (rule 1 cancels them after
+   ``pending_timeout`` anyway, and the world's stop cancels every job).
 
 A pool with ``max_jobs: 0`` (the default) never submits anything.
 """
@@ -38,6 +44,7 @@ class Policy:
     min_jobs: int = 0
     max_jobs: int = 0
     max_pending: int = 1
+    ahead: int = 1
     nodes_per_job: int = 1
     cores_per_node: int = 0       # 0: learn from joined workers (1 until one has joined)
     grow_above: float = 1.0
@@ -45,7 +52,7 @@ class Policy:
     pending_timeout: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("min_jobs", "max_jobs", "cores_per_node"):
+        for name in ("min_jobs", "max_jobs", "cores_per_node", "ahead"):
             _check_int(name, getattr(self, name), 0)
         for name in ("max_pending", "nodes_per_job"):
             _check_int(name, getattr(self, name), 1)
@@ -58,6 +65,11 @@ class Policy:
                 f"min_jobs {self.min_jobs} is more than max_jobs {self.max_jobs}; expected "
                 "min_jobs <= max_jobs: raise pool.max_jobs or lower pool.min_jobs",
                 key="pool.min_jobs")
+        if self.max_jobs and self.ahead > self.max_jobs:
+            raise ConfigError(
+                f"ahead {self.ahead} is more than max_jobs {self.max_jobs}; expected "
+                "ahead <= max_jobs (jobs kept pending count as jobs of the pool): lower "
+                "pool.ahead or raise pool.max_jobs", key="pool.ahead")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> Policy:
@@ -158,6 +170,15 @@ def decide(view: View, policy: Policy) -> list[Decision]:
                                             "no task queued"))
             gone.add(job.id)
         live = [j for j in live if j.id not in gone]
+        if policy.ahead:
+            waiting = sorted((j for j in live if j.state == PENDING),
+                             key=lambda j: (-j.submitted, j.id))
+            for job in waiting[:max(0, len(live) - policy.min_jobs)]:
+                decisions.append(CancelJob(job.id, "pending and no task queued (pool.ahead "
+                                                f"{policy.ahead} keeps jobs ahead only for "
+                                                "queued tasks)"))
+                gone.add(job.id)
+            live = [j for j in live if j.id not in gone]
     submit = _grow(view, policy, live, alive=sum(j.id not in gone for j in view.jobs))
     if submit is not None:
         decisions.append(submit)
@@ -178,8 +199,11 @@ def _grow(view: View, policy: Policy, live: list[Job], alive: int) -> SubmitJob 
     per_job = policy.nodes_per_job * _cores_per_node(policy, live)
     expected = pending * per_job
     covered = policy.grow_above * (view.free_cores + expected)
+    ahead = 0
+    if view.queued > policy.grow_above * view.free_cores:
+        ahead = min(max(0, policy.ahead - pending), slots)
     if view.queued <= covered:
-        return None
+        return _ahead(view, policy, ahead, room, pending)
     want = math.ceil((view.queued / policy.grow_above - view.free_cores - expected) / per_job)
     count = min(want, slots)
     fits = ""
@@ -187,11 +211,22 @@ def _grow(view: View, policy: Policy, live: list[Job], alive: int) -> SubmitJob 
         count = min(count, view.idle_nodes // policy.nodes_per_job)
         fits = f"; {view.idle_nodes} idle node(s)"
         if count <= 0:
-            return None
+            return _ahead(view, policy, ahead, room, pending)
+    if count < ahead:
+        return _ahead(view, policy, ahead, room, pending)
     return SubmitJob(count, f"{view.queued} task(s) queued, {view.free_cores} free core(s) and "
                          f"{expected} expected from pending jobs (pool.grow_above "
                          f"{policy.grow_above:g} per core): {count} job(s) of "
                          f"{policy.nodes_per_job} node(s){fits}{_limits(policy, room, pending)}")
+
+
+def _ahead(view: View, policy: Policy, count: int, room: int, pending: int) -> SubmitJob | None:
+    """Jobs to keep pending ahead for queued tasks (rule 4), or ``None``."""
+    if count <= 0:
+        return None
+    return SubmitJob(count, f"{view.queued} task(s) queued, {view.free_cores} free core(s): "
+                         f"{count} job(s) to wait ahead in the batch queue (pool.ahead "
+                         f"{policy.ahead}){_limits(policy, room, pending)}")
 
 
 def _cores_per_node(policy: Policy, live: list[Job]) -> int:

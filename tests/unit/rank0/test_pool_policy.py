@@ -8,7 +8,7 @@ from colocate import config
 from colocate.errors import ConfigError
 from colocate.rank0.pool import Job, Policy, SubmitJob, View, decide
 
-POOL = Policy(min_jobs=0, max_jobs=4, max_pending=2, nodes_per_job=1, cores_per_node=8,
+POOL = Policy(min_jobs=0, max_jobs=4, max_pending=2, nodes_per_job=1, cores_per_node=8, ahead=0,
               grow_above=1.0, idle_timeout=60, pending_timeout=300)
 
 
@@ -50,7 +50,7 @@ def test_pending_jobs_count_as_cores_to_come():
 
 
 def test_the_queue_per_core_threshold():
-    lax = Policy(max_jobs=4, cores_per_node=8, grow_above=4.0)
+    lax = Policy(max_jobs=4, cores_per_node=8, grow_above=4.0, ahead=0)
     # 16 queued on 4 free cores is 4 per core: not above the threshold.
     assert decide(View(now=0, queued=16, free_cores=4), lax) == []
     # 17 is: 17/4 - 4 = 0.25 cores short, one job.
@@ -59,7 +59,7 @@ def test_the_queue_per_core_threshold():
 
 def test_growth_for_work_goes_only_into_idle_nodes():
     assert decide(View(now=0, queued=100, free_cores=0, idle_nodes=0), POOL) == []
-    two_node = Policy(max_jobs=4, max_pending=4, nodes_per_job=2, cores_per_node=8)
+    two_node = Policy(max_jobs=4, max_pending=4, nodes_per_job=2, cores_per_node=8, ahead=0)
     got = decide(View(now=0, queued=100, free_cores=0, idle_nodes=5), two_node)
     assert kinds(got) == [("SubmitJob", 2)]   # 5 idle nodes hold two 2-node jobs
     # Where the batch system cannot say, the queue decides.
@@ -78,7 +78,8 @@ def test_never_more_than_max_jobs_alive_ending_ones_included():
 
 
 def test_min_jobs_are_kept_even_without_work_and_without_idle_nodes():
-    keep = Policy(min_jobs=2, max_jobs=4, max_pending=2, cores_per_node=8, idle_timeout=60)
+    keep = Policy(min_jobs=2, max_jobs=4, max_pending=2, cores_per_node=8, idle_timeout=60,
+                  ahead=0)
     got = decide(View(now=0, queued=0, free_cores=0, idle_nodes=0), keep)
     assert kinds(got) == [("SubmitJob", 2)]
     assert "0 live job(s), pool.min_jobs 2" in got[0].reason
@@ -107,7 +108,7 @@ def test_a_job_pending_too_long_is_cancelled_and_replaced_when_work_waits():
 
 
 def test_cores_per_node_is_learnt_from_joined_workers():
-    learn = Policy(max_jobs=8, max_pending=8, cores_per_node=0)
+    learn = Policy(max_jobs=8, max_pending=8, cores_per_node=0, ahead=0)
     # Nothing joined yet: a node is taken to bring 1 core.
     assert kinds(decide(View(now=0, queued=3, free_cores=0), learn)) == [("SubmitJob", 3)]
     jobs = (running("1", cores=4), running("2", cores=2))   # 3 cores per node on average
@@ -121,6 +122,8 @@ def test_cores_per_node_is_learnt_from_joined_workers():
     ({"nodes_per_job": 0}, "pool.nodes_per_job", "expected an integer >= 1, found 0"),
     ({"grow_above": 0}, "pool.grow_above", "expected a number > 0, found 0"),
     ({"idle_timeout": True}, "pool.idle_timeout", "expected a number > 0, found True"),
+    ({"ahead": -1, "max_jobs": 2}, "pool.ahead", "expected an integer >= 0, found -1"),
+    ({"ahead": 3, "max_jobs": 2}, "pool.ahead", "ahead 3 is more than max_jobs 2"),
 ])
 def test_bad_settings_say_what_was_found_and_expected(settings, key, words):
     with pytest.raises(ConfigError) as caught:
@@ -136,3 +139,52 @@ def test_settings_come_from_the_configuration():
     assert (policy.max_jobs, policy.min_jobs, policy.idle_timeout) == (6, 1, 30)
     with pytest.raises(ConfigError, match="unknown key 'max_job'"):
         config.load(environ={"COLOCATE_POOL_MAX_JOB": "6"})
+
+
+AHEAD = Policy(max_jobs=2, max_pending=2, cores_per_node=8, ahead=1, pending_timeout=300)
+
+
+def test_a_job_waits_ahead_while_tasks_are_queued_and_no_node_is_idle():
+    got = decide(View(now=0, queued=100, free_cores=0, idle_nodes=0), AHEAD)
+    assert kinds(got) == [("SubmitJob", 1)]
+    assert "1 job(s) to wait ahead in the batch queue (pool.ahead 1)" in got[0].reason
+    # One is waiting already: no second one, and none past max_jobs.
+    assert decide(View(now=1, queued=100, free_cores=0, idle_nodes=0, jobs=(pending("1"),)),
+                  AHEAD) == []
+    assert decide(View(now=1, queued=100, free_cores=0, idle_nodes=0,
+                       jobs=(running("1"), running("2"))), AHEAD) == []
+    # Free cores take the queue: nothing ahead.
+    assert decide(View(now=0, queued=4, free_cores=4, idle_nodes=0), AHEAD) == []
+
+
+def test_waiting_ahead_never_lessens_growth_into_idle_nodes():
+    assert kinds(decide(View(now=0, queued=100, free_cores=0, idle_nodes=2), AHEAD)) == [
+        ("SubmitJob", 2)]
+    three = Policy(max_jobs=4, max_pending=3, cores_per_node=8, ahead=3)
+    # One idle node: growth would take 1, the ahead rule keeps 3 pending.
+    assert kinds(decide(View(now=0, queued=100, free_cores=0, idle_nodes=1), three)) == [
+        ("SubmitJob", 3)]
+
+
+def test_a_job_waiting_ahead_is_cancelled_when_the_queue_empties_or_at_pending_timeout():
+    got = decide(View(now=5, queued=0, free_cores=8, jobs=(running("1"), pending("2", 3.0))),
+                 AHEAD)
+    assert kinds(got) == [("CancelJob", "2")]
+    assert "pending and no task queued" in got[0].reason
+    # The newest first, never below min_jobs.
+    keep = Policy(min_jobs=1, max_jobs=2, max_pending=2, cores_per_node=8, ahead=1)
+    assert kinds(decide(View(now=5, queued=0, free_cores=0,
+                             jobs=(pending("1", 1.0), pending("2", 2.0))), keep)) == [
+        ("CancelJob", "2")]
+    # Still queued work, but pending too long: cancelled, and one submitted in its place.
+    assert kinds(decide(View(now=400, queued=100, free_cores=0, idle_nodes=0,
+                             jobs=(pending("1", 0.0),)), AHEAD)) == [
+        ("CancelJob", "1"), ("SubmitJob", 1)]
+
+
+def test_ahead_defaults_to_one_and_pool_ahead_zero_turns_it_off():
+    cfg = config.load(environ={"COLOCATE_POOL_MAX_JOBS": "2"})
+    assert Policy.from_config(cfg["pool"]).ahead == 1
+    off = Policy.from_config(config.load(environ={"COLOCATE_POOL_MAX_JOBS": "2",
+                                                  "COLOCATE_POOL_AHEAD": "0"})["pool"])
+    assert decide(View(now=0, queued=100, free_cores=0, idle_nodes=0), off) == []
