@@ -101,15 +101,20 @@ def test_the_manager_grows_to_max_jobs_shrinks_when_idle_and_stop_cancels_all(
         assert f"pool: cancelled job {jid}: idle for 90 s" in caplog.text
         wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to end")
         # Grown again, then the world stops: stop() cancels every job of the pool.
-        manager.tick(queued=5, free_cores=0)
-        [again] = manager.submitted
-        assert manager.stop() == [again]
-        wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60,
-                   "no pool job after stop()")
+        _grow_then_stop(manager)
     finally:
         ids = [j.id for j in s.jobs(run(s.query(manager.template)))]
         if ids:
             subprocess.run(s.cancel(ids), timeout=30)
+
+
+def _grow_then_stop(manager) -> None:
+    """Queued work submits one job; the world's stop() cancels it, and squeue lists none."""
+    s = manager.backend
+    manager.tick(queued=5, free_cores=0)
+    [again] = manager.submitted
+    assert manager.stop() == [again]
+    wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60, "no pool job after stop()")
 
 
 def test_a_job_waiting_ahead_is_cancelled_when_the_queue_empties_and_at_stop(
@@ -136,11 +141,7 @@ def test_a_job_waiting_ahead_is_cancelled_when_the_queue_empties_and_at_stop(
         assert f"pool: cancelled job {jid}: pending and no task queued" in caplog.text
         wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60, "the job to end")
         # Work again, then the world stops: stop() cancels the job waiting ahead.
-        manager.tick(queued=5, free_cores=0)
-        [again] = manager.submitted
-        assert manager.stop() == [again]
-        wait_until(lambda: not s.jobs(run(s.query(manager.template))), 60,
-                   "no pool job after stop()")
+        _grow_then_stop(manager)
     finally:
         ids = [j.id for j in s.jobs(run(s.query(manager.template)))]
         if ids:
